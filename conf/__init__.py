@@ -1,0 +1,1 @@
+"""Hydra configs, installed as a package so that `pkg://skinderm.conf` resolves everywhere."""
