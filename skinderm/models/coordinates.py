@@ -1,0 +1,179 @@
+"""Pixel coordinates in the original image <-> the image the model sees (after Qwen2.5-VL's smart_resize).
+
+Qwen2.5-VL grounds boxes and points in ABSOLUTE pixels of the resized image, so every ground-truth
+box is scaled into that space for training and every predicted box is scaled back for evaluation.
+The resize must be exactly the processor's, or boxes drift by up to a patch: `smart_resize` below is
+a faithful copy of transformers' (importing theirs pulls in torch, ~5 s), and a test compares both.
+
+Sizes are always `(width, height)`; boxes are `[x1, y1, x2, y2]` with exclusive `x2`/`y2`
+(x2 = x1 + box width); polygons are lists of `[x, y]` points. No torch, no transformers here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+# One visual token covers PATCH_SIZE * MERGE_SIZE pixels per side (14 px patches merged 2x2).
+PATCH_SIZE = 14
+MERGE_SIZE = 2
+FACTOR = PATCH_SIZE * MERGE_SIZE
+# The processor's defaults (Qwen2.5-VL's preprocessor_config.json).
+DEFAULT_MIN_PIXELS = 56 * 56
+DEFAULT_MAX_PIXELS = 28 * 28 * 16384
+
+
+def smart_resize(
+    height: int,
+    width: int,
+    factor: int = FACTOR,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 14 * 14 * 4 * 1280,
+) -> tuple[int, int]:
+    """Copy of `transformers.models.qwen2_vl.image_processing_pil_qwen2_vl.smart_resize`: (height, width).
+
+    Keep it byte-for-byte in behaviour, float rounding included: with max_pixels=224*168 a 600x450
+    image gives 196x140, not 224x168, because sqrt() makes 450/beta/28 = 5.999... which floors to 5.
+    """
+    if max(height, width) / min(height, width) > 200:
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
+        )
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def model_input_size(
+    width: int, height: int, *, min_pixels: int, max_pixels: int, factor: int = FACTOR
+) -> tuple[int, int]:
+    """(width, height) of an image after the processor's resize: the pixel space of the model's answers."""
+    _check_size((width, height), "image size")
+    if min_pixels <= 0 or max_pixels < min_pixels:
+        raise ValueError(
+            f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}: "
+            "fix model.min_pixels / model.max_pixels"
+        )
+    resized_height, resized_width = smart_resize(
+        int(height), int(width), factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    return resized_width, resized_height
+
+
+def visual_token_count(width: int, height: int, *, min_pixels: int, max_pixels: int) -> int:
+    """How many `<|image_pad|>` tokens one image costs (one per 28x28 pixels after the resize)."""
+    model_width, model_height = model_input_size(width, height, min_pixels=min_pixels, max_pixels=max_pixels)
+    return (model_width // FACTOR) * (model_height // FACTOR)
+
+
+def box_to_model_space(
+    box: Sequence[float], original_size: tuple[int, int], model_size: tuple[int, int]
+) -> list[int]:
+    """Scale an original-pixel box into model space: integers, clamped, at least 1 px wide and high."""
+    x1, y1, x2, y2 = _check_box(box)
+    (width, height), (model_width, model_height) = _checked_sizes(original_size, model_size)
+    left, right = _integer_span(x1 * model_width / width, x2 * model_width / width, model_width)
+    top, bottom = _integer_span(y1 * model_height / height, y2 * model_height / height, model_height)
+    return [left, top, right, bottom]
+
+
+def box_to_original_space(
+    box: Sequence[float], model_size: tuple[int, int], original_size: tuple[int, int]
+) -> list[float]:
+    """Scale a model-space box (e.g. parsed from an answer) back to original pixels, clamped to the image.
+
+    Floats, unrounded: IoU against ground truth is computed in original pixels and rounding here
+    would only add error. Corners are sorted so that x1 <= x2 and y1 <= y2 even for a sloppy answer.
+    """
+    x1, y1, x2, y2 = _check_box(box)
+    (model_width, model_height), (width, height) = _checked_sizes(model_size, original_size)
+    left, right = sorted((_clamp(x1 * width / model_width, width), _clamp(x2 * width / model_width, width)))
+    top, bottom = sorted(
+        (_clamp(y1 * height / model_height, height), _clamp(y2 * height / model_height, height))
+    )
+    return [left, top, right, bottom]
+
+
+def points_to_model_space(
+    points: Sequence[Sequence[float]], original_size: tuple[int, int], model_size: tuple[int, int]
+) -> list[list[int]]:
+    """Scale polygon points into the model's pixel space (rounded half up, clamped to [0, size])."""
+    (width, height), (model_width, model_height) = _checked_sizes(original_size, model_size)
+    return [
+        [
+            int(_clamp(_round_half_up(x * model_width / width), model_width)),
+            int(_clamp(_round_half_up(y * model_height / height), model_height)),
+        ]
+        for x, y in _check_points(points)
+    ]
+
+
+def points_to_original_space(
+    points: Sequence[Sequence[float]], model_size: tuple[int, int], original_size: tuple[int, int]
+) -> list[list[float]]:
+    """Scale model-space polygon points back to original pixels (floats, clamped to [0, size])."""
+    (model_width, model_height), (width, height) = _checked_sizes(model_size, original_size)
+    return [
+        [_clamp(x * width / model_width, width), _clamp(y * height / model_height, height)]
+        for x, y in _check_points(points)
+    ]
+
+
+def _integer_span(start: float, end: float, limit: int) -> tuple[int, int]:
+    """Round an exclusive [start, end) span to integers inside [0, limit], keeping it at least 1 px long.
+
+    Each end moves by at most half a pixel, or, for a span thinner than a pixel, by less than one.
+    """
+    low = int(_clamp(_round_half_up(start), limit))
+    high = int(_clamp(_round_half_up(end), limit))
+    if high <= low:  # thinner than one model pixel: the pixel that holds its centre
+        low = int(min(max(math.floor((start + end) / 2), 0), limit - 1))
+        high = low + 1
+    return low, high
+
+
+def _round_half_up(value: float) -> int:
+    # Python's round() rounds half to even; half up keeps the mapping monotone and predictable.
+    return math.floor(value + 0.5)
+
+
+def _clamp(value: float, limit: int) -> float:
+    return min(max(value, 0), limit)
+
+
+def _checked_sizes(
+    source_size: tuple[int, int], target_size: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    # Scaling is value * target / source (not value * (target / source)): exact at the image edges.
+    _check_size(source_size, "source size")
+    _check_size(target_size, "target size")
+    return (source_size[0], source_size[1]), (target_size[0], target_size[1])
+
+
+def _check_size(size: Sequence[int], what: str) -> None:
+    if len(size) != 2 or not all(isinstance(v, int | float) and v > 0 for v in size):
+        raise ValueError(f"{what} must be (width, height) with positive values, got {size!r}")
+
+
+def _check_box(box: Sequence[float]) -> tuple[float, float, float, float]:
+    if len(box) != 4 or not all(isinstance(v, int | float) and math.isfinite(v) for v in box):
+        raise ValueError(f"a box must be [x1, y1, x2, y2] with 4 finite numbers, got {box!r}")
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return x1, y1, x2, y2
+
+
+def _check_points(points: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+    checked = []
+    for point in points:
+        if len(point) != 2 or not all(isinstance(v, int | float) and math.isfinite(v) for v in point):
+            raise ValueError(f"a polygon point must be [x, y] with 2 finite numbers, got {point!r}")
+        checked.append((float(point[0]), float(point[1])))
+    return checked

@@ -1,0 +1,170 @@
+"""Load the model and processor named by the `model` config group: the tiny built model or a Qwen2.5-VL.
+
+One path for both: the tiny model is built into a folder first (`model.tiny` set), then every model,
+tiny, a local folder or a hub id, goes through the same `from_pretrained` calls. Never remote code
+unless `model.trust_remote_code` says so; weights from safetensors only. With HF_HUB_OFFLINE set a
+hub id is read from the local cache only, and a missing model is one clear error, not a traceback.
+
+The processor pads on the left (batched generation needs it); TRL's SFT collator and GRPO pass their
+own padding side per call, so training is unaffected.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+_DTYPES = ("float32", "bfloat16", "float16", "auto")
+_TRUE_STRINGS = {"1", "true", "yes", "on"}
+
+
+def hub_offline() -> bool:
+    """Whether HF_HUB_OFFLINE asks for cache-only loading (read now, not at import time)."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE_STRINGS
+
+
+def looks_like_local_path(name_or_path: str) -> bool:
+    """A path rather than a hub id ("org/name"): starts with / . or ~, is deeper than org/name, or exists."""
+    return (
+        name_or_path.startswith(("/", ".", "~"))
+        or os.sep in name_or_path.replace("/", "", 1)
+        or Path(name_or_path).exists()
+    )
+
+
+def resolve_model_source(model_cfg: Mapping[str, Any]) -> tuple[str, bool]:
+    """(folder or hub id, local_files_only) for `model_cfg`, building the tiny model first if configured."""
+    name_or_path = model_cfg.get("name_or_path")
+    if not name_or_path:
+        raise ValueError(
+            "model.name_or_path is empty: set a hub id (Qwen/Qwen2.5-VL-3B-Instruct) or a local folder"
+        )
+    name_or_path = str(name_or_path)
+    tiny_params = model_cfg.get("tiny")
+    if tiny_params:
+        from skinderm.models.tiny import ensure_tiny_model
+
+        # The pixel budget is not a build parameter: load_processor applies model.min/max_pixels.
+        params = {key: _plain(value) for key, value in dict(tiny_params).items()}
+        return str(ensure_tiny_model(name_or_path, **params)), True
+    if looks_like_local_path(name_or_path):
+        folder = Path(name_or_path).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model.name_or_path={name_or_path}: no model folder there (config.json missing); "
+                "point it at a saved model folder or a hub id such as Qwen/Qwen2.5-VL-3B-Instruct"
+            )
+        return str(folder), True
+    return name_or_path, hub_offline()
+
+
+def load_model_and_processor(
+    model_cfg: Mapping[str, Any], *, torch_dtype: str = "float32", attn_implementation: str | None = None
+) -> tuple[Any, Any]:
+    """(Qwen2_5_VLForConditionalGeneration, processor) for the `model` config group.
+
+    `attn_implementation` overrides `model.attn_implementation` (None keeps the config's).
+    """
+    import torch
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    from skinderm.models.processor import load_processor
+
+    if torch_dtype not in _DTYPES:
+        raise ValueError(f"torch_dtype={torch_dtype!r}: use one of {', '.join(_DTYPES)}")
+    source, local_files_only = resolve_model_source(model_cfg)
+    revision = model_cfg.get("revision") or None
+    trust_remote_code = bool(model_cfg.get("trust_remote_code", False))
+    hub_kwargs: dict[str, Any] = {
+        "local_files_only": local_files_only,
+        "trust_remote_code": trust_remote_code,
+    }
+    if revision is not None:
+        hub_kwargs["revision"] = str(revision)
+
+    try:
+        config = AutoConfig.from_pretrained(source, **hub_kwargs)
+    except OSError as error:
+        raise FileNotFoundError(_missing_model_message(source, local_files_only, error)) from None
+    if config.model_type != "qwen2_5_vl":
+        raise ValueError(
+            f"model.name_or_path={source} is a {config.model_type!r} model; this project trains Qwen2.5-VL "
+            "(model_type 'qwen2_5_vl')"
+        )
+    attention = attn_implementation or model_cfg.get("attn_implementation") or None
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        source,
+        config=config,
+        dtype="auto" if torch_dtype == "auto" else getattr(torch, torch_dtype),
+        attn_implementation=attention,
+        use_safetensors=True,
+        **hub_kwargs,
+    )
+    try:
+        processor = load_processor(
+            source,
+            min_pixels=int(model_cfg["min_pixels"]),
+            max_pixels=int(model_cfg["max_pixels"]),
+            local_files_only=local_files_only,
+            revision=hub_kwargs.get("revision"),
+            trust_remote_code=trust_remote_code,
+            padding_side="left",
+        )
+    except OSError as error:
+        raise FileNotFoundError(
+            f"model.name_or_path={source}: the weights loaded but the processor did not ({error}); the "
+            "folder needs tokenizer files, chat_template.jinja and processor_config.json (save_pretrained)"
+        ) from error
+    return model, processor
+
+
+def vision_tower(model: Any) -> Any:
+    """The vision encoder (patch embedding, blocks and the merger) of a Qwen2.5-VL, PEFT-wrapped or not."""
+    for name, module in model.named_modules():
+        if name == "visual" or name.endswith(".visual"):
+            return module
+    raise ValueError(f"{type(model).__name__} has no `visual` module: not a Qwen2.5-VL model")
+
+
+def freeze_vision_tower(model: Any) -> int:
+    """Stop training the vision encoder and its merger; returns how many parameter values were frozen."""
+    frozen = 0
+    for parameter in vision_tower(model).parameters():
+        if parameter.requires_grad:
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    return frozen
+
+
+def count_parameters(model: Any) -> dict[str, int]:
+    """Total and trainable parameter values (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = trainable = 0
+    for parameter in model.parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return {"total": total, "trainable": trainable}
+
+
+def _missing_model_message(source: str, local_files_only: bool, error: OSError) -> str:
+    where = (
+        "the local Hugging Face cache (HF_HUB_OFFLINE is set)" if local_files_only else "the Hugging Face hub"
+    )
+    return (
+        f"model.name_or_path={source}: could not load it from {where} ({type(error).__name__}). "
+        f"Download it first (`hf download {source}`) or point model.name_or_path at a local model folder."
+    )
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers inside `model.tiny` to plain Python values."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(item) for item in value]
+    return value
