@@ -1,3 +1,14 @@
 """skinderm: teach Qwen2.5-VL to diagnose, locate, box and outline skin lesions."""
 
+from __future__ import annotations
+
+import os
+
+from omegaconf import OmegaConf
+
 __version__ = "0.1.0"
+
+# `${cwd:}` in conf/paths: the launch directory, resolvable before Hydra's runtime info exists (a multirun
+# resolves its sweep dir first, where `${hydra:runtime.cwd}` fails).
+if not OmegaConf.has_resolver("cwd"):
+    OmegaConf.register_new_resolver("cwd", os.getcwd)

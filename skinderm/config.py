@@ -1,0 +1,262 @@
+"""Config schemas: a misspelled key or a wrong type fails at once, with one line naming the key.
+
+Hydra's struct mode already rejects unknown keys given on the command line. These schemas also catch
+typos inside YAML files (a user's own `model/my_model.yaml`, an experiment overlay) and wrong value types,
+before any data or model is loaded. Each group option is checked against the schema of its `name`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from skinderm.answers import ANSWER_FIELDS
+
+
+class ConfigError(ValueError):
+    """A user-fixable configuration problem; its message is one line naming the key."""
+
+
+# --- dataset -------------------------------------------------------------------------------------------
+@dataclass
+class SyntheticSchema:
+    num_images: int = MISSING
+    seed: int = MISSING
+    image_width: int = MISSING
+    image_height: int = MISSING
+    class_counts: dict[str, int] | None = None
+    max_images_per_lesion: int = MISSING
+    multi_component_fraction: float = MISSING
+    missing_mask_fraction: float = MISSING
+
+
+@dataclass
+class SplitsSchema:
+    val_fraction: float = MISSING
+    test_fraction: float = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class DatasetSchema:
+    name: str = MISSING
+    root: str = MISSING
+    synthetic: SyntheticSchema | None = None
+    splits: SplitsSchema = field(default_factory=SplitsSchema)
+    on_error: str = MISSING
+    annotations_dir: str | None = None
+
+
+# --- model ---------------------------------------------------------------------------------------------
+@dataclass
+class LoraSchema:
+    enabled: bool = MISSING
+    r: int = MISSING
+    alpha: int = MISSING
+    dropout: float = MISSING
+    target_modules: list[str] = MISSING
+
+
+@dataclass
+class ModelSchema:
+    name: str = MISSING
+    name_or_path: str = MISSING
+    revision: str | None = None
+    trust_remote_code: bool = False
+    attn_implementation: str | None = None
+    min_pixels: int = MISSING
+    max_pixels: int = MISSING
+    freeze_vision_tower: bool = MISSING
+    lora: LoraSchema = field(default_factory=LoraSchema)
+    tiny: dict[str, Any] | None = None
+
+
+# --- stage ---------------------------------------------------------------------------------------------
+@dataclass
+class CommonStageSchema:
+    name: str = MISSING
+    max_steps: int = MISSING
+    per_device_train_batch_size: int = MISSING
+    per_device_eval_batch_size: int = MISSING
+    gradient_accumulation_steps: int = MISSING
+    learning_rate: float = MISSING
+    lr_scheduler_type: str = MISSING
+    warmup_steps: int = MISSING
+    weight_decay: float = MISSING
+    max_grad_norm: float = MISSING
+    logging_steps: int = MISSING
+    save_steps: int = MISSING
+    save_total_limit: int | None = None
+
+
+@dataclass
+class SFTStageSchema(CommonStageSchema):
+    class_balanced_sampling: bool = MISSING
+    eval_steps: int = MISSING
+    eval_max_samples: int | None = None
+    max_length: int | None = None
+
+
+@dataclass
+class GRPOStageSchema(CommonStageSchema):
+    init_from: str | None = None
+    merge_adapter: bool = MISSING
+    num_generations: int = MISSING
+    max_completion_length: int = MISSING
+    temperature: float = MISSING
+    top_p: float = MISSING
+    beta: float = MISSING
+    loss_type: str = MISSING
+    scale_rewards: str = MISSING
+    num_iterations: int = MISSING
+    train_max_samples: int | None = None
+
+
+# --- reward --------------------------------------------------------------------------------------------
+@dataclass
+class RewardWeightsSchema:
+    diagnosis: float = MISSING
+    spatial: float = MISSING
+    iou: float = MISSING
+    format: float = MISSING
+
+
+@dataclass
+class DiagnosisRewardSchema:
+    class_weighting: str = MISSING
+
+
+@dataclass
+class FormatRewardSchema:
+    required_fields: list[str] = MISSING
+
+
+@dataclass
+class RewardSchema:
+    weights: RewardWeightsSchema = field(default_factory=RewardWeightsSchema)
+    iou_kind: str = MISSING
+    diagnosis: DiagnosisRewardSchema = field(default_factory=DiagnosisRewardSchema)
+    format: FormatRewardSchema = field(default_factory=FormatRewardSchema)
+
+
+# --- hardware, logger, top level -----------------------------------------------------------------------
+@dataclass
+class HardwareSchema:
+    name: str = MISSING
+    use_cpu: bool = MISSING
+    precision: str = MISSING
+    tf32: bool = MISSING
+    gradient_checkpointing: bool = MISSING
+    attn_implementation: str | None = None
+    torch_threads: int | None = None
+    dataloader_num_workers: int = MISSING
+
+
+@dataclass
+class WandbLoggerSchema:
+    name: str = MISSING
+    project: str = MISSING
+    entity: str | None = None
+    mode: str = MISSING
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    log_completions: int = MISSING
+
+
+@dataclass
+class NoLoggerSchema:
+    name: str = MISSING
+
+
+@dataclass
+class AnswerSchema:
+    fields: list[str] = MISSING
+    polygon_max_points: int = MISSING
+
+
+@dataclass
+class EvalSchema:
+    num_samples: int = MISSING
+    batch_size: int = MISSING
+    max_new_tokens: int = MISSING
+
+
+STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageSchema, "grpo": GRPOStageSchema}
+LOGGER_SCHEMAS: dict[str, type] = {"wandb": WandbLoggerSchema, "none": NoLoggerSchema}
+TOP_LEVEL_KEYS = {
+    "dataset",
+    "model",
+    "stage",
+    "reward",
+    "hardware",
+    "logger",
+    "paths",
+    "task_name",
+    "seed",
+    "answer",
+    "eval",
+    "optimized_metric",
+    "hydra",
+    "experiment",
+    "resume",
+}
+
+
+def _check(node: Any, schema: type, key: str) -> None:
+    try:
+        OmegaConf.merge(OmegaConf.structured(schema), node)
+    except OmegaConfBaseException as error:
+        bad_key = getattr(error, "full_key", None) or getattr(error, "key", None) or ""
+        reason = str(error).splitlines()[0]
+        where = f"{key}.{bad_key}" if bad_key else key
+        raise ConfigError(
+            f"config key '{where}': {reason} (check the spelling/type in conf/{key}/ or the command line)"
+        ) from None
+
+
+def _one_of(value: Any, allowed: set[str] | tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' = {value!r}: expected one of {sorted(allowed)}")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Check every group against its schema and the few cross-key rules; raise ConfigError."""
+    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown top-level config key(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
+    _one_of(cfg.stage.get("name"), tuple(STAGE_SCHEMAS), "stage.name")
+    _one_of(cfg.logger.get("name"), tuple(LOGGER_SCHEMAS), "logger.name")
+    _check(cfg.dataset, DatasetSchema, "dataset")
+    _check(cfg.model, ModelSchema, "model")
+    _check(cfg.stage, STAGE_SCHEMAS[cfg.stage.name], "stage")
+    _check(cfg.reward, RewardSchema, "reward")
+    _check(cfg.hardware, HardwareSchema, "hardware")
+    _check(cfg.logger, LOGGER_SCHEMAS[cfg.logger.name], "logger")
+    _check(cfg.answer, AnswerSchema, "answer")
+    _check(cfg.eval, EvalSchema, "eval")
+    _one_of(cfg.dataset.on_error, ("raise", "skip"), "dataset.on_error")
+    _one_of(cfg.hardware.precision, ("float32", "bfloat16", "float16"), "hardware.precision")
+    _one_of(cfg.reward.iou_kind, ("mask", "bbox"), "reward.iou_kind")
+    _one_of(
+        cfg.reward.diagnosis.class_weighting,
+        ("none", "inverse_frequency"),
+        "reward.diagnosis.class_weighting",
+    )
+    if cfg.logger.name == "wandb":
+        _one_of(cfg.logger.mode, ("offline", "online", "disabled"), "logger.mode")
+    for answer_field in cfg.answer.fields:
+        _one_of(answer_field, ANSWER_FIELDS, "answer.fields")
+    if OmegaConf.is_missing(cfg.dataset, "root"):
+        raise ConfigError(
+            f"config key 'dataset.root' is required for dataset={cfg.dataset.name}: "
+            "pass dataset.root=/path/to/HAM10000 (the folder holding HAM10000_metadata.csv)"
+        )
+    if cfg.model.trust_remote_code:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "model.trust_remote_code=true: code from the model folder will run"
+        )

@@ -1,0 +1,147 @@
+"""What SFT and GRPO share: seeding, torch settings, data, model, trainer arguments, log summaries."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from skinderm.data.conversations import ExampleBuilder
+from skinderm.data.prepare import prepare_dataset
+from skinderm.training.run import RunFolder, to_plain
+from skinderm.training.tracking import report_to
+
+log = logging.getLogger(__name__)
+
+
+def configure_torch(cfg: DictConfig) -> None:
+    """Threads and TF32 from the hardware group (on small CPUs fewer threads is often faster)."""
+    threads = cfg.hardware.torch_threads
+    if threads:
+        torch.set_num_threads(int(threads))
+    if cfg.hardware.tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def frame_to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as dicts with missing values as None (pandas gives NaN, which JSON and TRL dislike)."""
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return records
+
+
+def load_split_records(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
+    """Annotated records of the configured dataset, by split (data generated/annotated on demand)."""
+    frame = prepare_dataset(to_plain(cfg.dataset))
+    splits = {name: frame_to_records(frame[frame["split"] == name]) for name in ("train", "val", "test")}
+    if not splits["train"]:
+        raise ValueError(
+            f"dataset.root={cfg.dataset.root}: the train split is empty; check the data and dataset.splits"
+        )
+    log.info("records: %s", {name: len(rows) for name, rows in splits.items()})
+    return splits
+
+
+def example_builder(cfg: DictConfig) -> ExampleBuilder:
+    return ExampleBuilder(
+        fields=tuple(cfg.answer.fields),
+        min_pixels=int(cfg.model.min_pixels),
+        max_pixels=int(cfg.model.max_pixels),
+        polygon_max_points=int(cfg.answer.polygon_max_points),
+    )
+
+
+def build_examples(
+    records: Sequence[Mapping[str, Any]], make: Callable[[Mapping[str, Any]], dict[str, Any]], desc: str
+) -> list[dict[str, Any]]:
+    """Decode each image once (at model size) and build its example, with a progress bar."""
+    return [make(record) for record in tqdm(records, desc=desc, unit="img", mininterval=2.0)]
+
+
+def subsample(records: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+    """A seeded, order-stable subset (for eval sets that must stay cheap)."""
+    if not limit or len(records) <= limit:
+        return records
+    keep = np.sort(np.random.default_rng(seed).choice(len(records), size=int(limit), replace=False))
+    return [records[index] for index in keep]
+
+
+def precision_flags(cfg: DictConfig) -> dict[str, bool]:
+    precision = cfg.hardware.precision
+    if precision not in {"float32", "bfloat16", "float16"}:
+        raise ValueError(f"hardware.precision={precision!r}: use float32, bfloat16 or float16")
+    return {"bf16": precision == "bfloat16", "fp16": precision == "float16"}
+
+
+def trainer_arguments(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
+    """Arguments common to SFTConfig and GRPOConfig, taken from the stage and hardware groups."""
+    stage = cfg.stage
+    return {
+        "output_dir": str(run.checkpoints_dir),
+        "run_name": f"{stage.name}-{run.path.name}",
+        "max_steps": int(stage.max_steps),
+        "per_device_train_batch_size": int(stage.per_device_train_batch_size),
+        "per_device_eval_batch_size": int(stage.per_device_eval_batch_size),
+        "gradient_accumulation_steps": int(stage.gradient_accumulation_steps),
+        "learning_rate": float(stage.learning_rate),
+        "lr_scheduler_type": stage.lr_scheduler_type,
+        "warmup_steps": int(stage.warmup_steps),
+        "weight_decay": float(stage.weight_decay),
+        "max_grad_norm": float(stage.max_grad_norm),
+        "logging_steps": int(stage.logging_steps),
+        "save_strategy": "steps",
+        "save_steps": int(stage.save_steps),
+        "save_total_limit": stage.save_total_limit,
+        "seed": int(cfg.seed),
+        "data_seed": int(cfg.seed),
+        "use_cpu": bool(cfg.hardware.use_cpu),
+        "activation_checkpointing": bool(cfg.hardware.gradient_checkpointing),
+        "dataloader_num_workers": int(cfg.hardware.dataloader_num_workers),
+        "report_to": report_to(cfg),
+        "disable_tqdm": False,
+        **precision_flags(cfg),
+    }
+
+
+def lora_config(cfg: DictConfig) -> Any | None:
+    """A PEFT LoraConfig from `model.lora`, or None for full fine-tuning."""
+    lora = cfg.model.lora
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=int(lora.r),
+        lora_alpha=int(lora.alpha),
+        lora_dropout=float(lora.dropout),
+        target_modules=to_plain(lora.target_modules),
+        # Names like gate_proj also occur in the vision blocks; adapters go on the language model only.
+        exclude_modules=r".*visual.*",
+        task_type="CAUSAL_LM",
+    )
+
+
+def summarise_log_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Loss curves from trainer.state.log_history: first/last values and the eval curve."""
+    train = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]
+    evals = [(entry["step"], entry["eval_loss"]) for entry in history if "eval_loss" in entry]
+    summary: dict[str, Any] = {
+        "train_loss_curve": [[step, float(loss)] for step, loss in train],
+        "eval_loss_curve": [[step, float(loss)] for step, loss in evals],
+    }
+    if train:
+        summary["train_loss_first"], summary["train_loss_last"] = float(train[0][1]), float(train[-1][1])
+    if evals:
+        summary["eval_loss_first"], summary["eval_loss_last"] = float(evals[0][1]), float(evals[-1][1])
+    final = next((entry for entry in reversed(history) if "train_runtime" in entry), None)
+    if final:
+        summary["train_runtime_s"] = float(final["train_runtime"])
+        summary["train_steps_per_s"] = float(final.get("train_steps_per_second", math.nan))
+    return summary

@@ -1,0 +1,302 @@
+"""Stage 2 recipe: GRPO with TRL's GRPOTrainer from a Stage 1 run, with weighted, hack-resistant rewards."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+from omegaconf import DictConfig, OmegaConf
+from trl import GRPOConfig, GRPOTrainer
+
+from skinderm.data.conversations import ExampleBuilder
+from skinderm.evaluation.runner import evaluate_records, headline, write_predictions
+from skinderm.models.loading import load_model_and_processor
+from skinderm.rewards import build_reward_functions, weighted_total
+from skinderm.training.common import (
+    build_examples,
+    example_builder,
+    load_split_records,
+    lora_config,
+    subsample,
+    summarise_log_history,
+    trainer_arguments,
+)
+from skinderm.training.run import (
+    RESOLVED_CONFIG_FILE,
+    RunFolder,
+    find_latest_run,
+    to_plain,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
+
+
+def resolve_init_run(cfg: DictConfig) -> Path:
+    """The Stage 1 run folder named by `stage.init_from` (a path or `latest`), checked to be complete."""
+    init_from = cfg.stage.init_from
+    if init_from in (None, "", "latest"):
+        found = find_latest_run(Path(cfg.paths.log_dir), "sft")
+        if found is None:
+            raise FileNotFoundError(
+                f"stage.init_from=latest: no finished SFT run under {Path(cfg.paths.log_dir) / 'sft'}; "
+                "run `python -m skinderm.train stage=sft` first or pass stage.init_from=<run folder>"
+            )
+        return found
+    path = Path(init_from).expanduser()
+    if not (path / "model").is_dir() or not (path / RESOLVED_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"stage.init_from={init_from}: not a finished skinderm SFT run folder (needs model/ and "
+            f"{RESOLVED_CONFIG_FILE}); pass the folder printed at the end of the SFT run, or `latest`"
+        )
+    return path
+
+
+def _check_same_answer_format(cfg: DictConfig, sft_cfg: DictConfig, run_dir: Path) -> None:
+    """GRPO must ask and reward exactly what SFT taught, at the same image size."""
+    for key in ("answer.fields", "model.min_pixels", "model.max_pixels"):
+        ours, theirs = OmegaConf.select(cfg, key), OmegaConf.select(sft_cfg, key)
+        if to_plain(ours) != to_plain(theirs):
+            raise ValueError(
+                f"{key}={to_plain(ours)} but the Stage 1 run {run_dir} used {to_plain(theirs)}: "
+                f"pass {key}={to_plain(theirs)} so GRPO rewards the format SFT taught"
+            )
+
+
+def load_stage1_policy(cfg: DictConfig, init_run: Path) -> tuple[Any, Any, Any]:
+    """(model, processor, peft_config) from a Stage 1 run: full weights, or base + LoRA adapter."""
+    sft_cfg = OmegaConf.load(init_run / RESOLVED_CONFIG_FILE)
+    _check_same_answer_format(cfg, sft_cfg, init_run)
+    model_dir = init_run / "model"
+    dtype, attention = cfg.hardware.precision, cfg.hardware.attn_implementation
+    if (model_dir / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        # The adapter folder holds no base weights: load the base model Stage 1 started from.
+        base_model, _ = load_model_and_processor(
+            to_plain(sft_cfg.model), torch_dtype=dtype, attn_implementation=attention
+        )
+        processor = _load_processor(cfg, model_dir)
+        model = PeftModel.from_pretrained(
+            base_model, str(model_dir), is_trainable=not cfg.stage.merge_adapter
+        )
+        if cfg.stage.merge_adapter:
+            return model.merge_and_unload(), processor, lora_config(cfg)
+        return model, processor, None
+    model_cfg = {**to_plain(cfg.model), "name_or_path": str(model_dir), "tiny": None}
+    model, processor = load_model_and_processor(model_cfg, torch_dtype=dtype, attn_implementation=attention)
+    return model, processor, lora_config(cfg)
+
+
+def _load_processor(cfg: DictConfig, model_dir: Path) -> Any:
+    from skinderm.models.processor import load_processor
+
+    return load_processor(
+        str(model_dir),
+        min_pixels=int(cfg.model.min_pixels),
+        max_pixels=int(cfg.model.max_pixels),
+        local_files_only=True,
+    )
+
+
+class SkindermGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose W&B completion table holds plain cells (TRL 1.16's crashes on image prompts).
+
+    TRL puts chat messages (lists of dicts) and lists of images into `wandb.Table` cells, which raises
+    "Data row contained incompatible types". We keep TRL's sampling/logging and write our own table: the
+    image, the prompt text, the completion text, each reward and the advantage, one row per completion.
+    """
+
+    def __init__(self, *args: Any, completion_samples: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._completion_samples = completion_samples
+        self.log_completions = False  # TRL's own table is replaced by _log_completion_table
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        training = self.model.training
+        super().log(logs, start_time)
+        if training and self._completion_samples and self.accelerator.is_main_process:
+            self._log_completion_table()
+
+    def _log_completion_table(self) -> None:
+        import wandb
+
+        if wandb.run is None or not self._logs["completion"]:
+            return
+        rewards = {name: list(values) for name, values in self._logs["rewards"].items()}
+        prompts, completions = list(self._logs["prompt"]), list(self._logs["completion"])
+        images = list(self._logs["images"]) if self._logs.get("images") else []
+        columns = ["step", "image", "prompt", "completion", *rewards, "advantage"]
+        table = wandb.Table(columns=columns)
+        advantages = list(self._logs["advantages"])
+        for row in range(min(self._completion_samples, len(completions))):
+            image_list = images[row] if row < len(images) else None
+            image = wandb.Image(image_list[0]) if image_list else None
+            table.add_data(
+                self.state.global_step,
+                image,
+                _message_text(prompts[row]),
+                _message_text(completions[row]),
+                *(float(values[row]) for values in rewards.values()),
+                float(advantages[row]),
+            )
+        wandb.log({"completions": table}, step=self.state.global_step)
+
+
+def _message_text(messages: Any) -> str:
+    """The text of a chat turn list (or a plain string), images dropped."""
+    if isinstance(messages, str):
+        return messages
+    parts: list[str] = []
+    for message in messages or []:
+        content = message.get("content") if isinstance(message, Mapping) else message
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(
+                str(part.get("text", ""))
+                for part in content
+                if isinstance(part, Mapping) and part.get("text")
+            )
+    return "\n".join(parts)
+
+
+def reward_components(
+    reward_funcs: Sequence[Callable[..., list[float]]],
+    completions: Sequence[str],
+    examples: Sequence[Mapping[str, Any]],
+) -> dict[str, list[float]]:
+    """Every reward function on completions with their ground-truth columns (as TRL would call them)."""
+    columns = {
+        key: [example[key] for example in examples] for key in examples[0] if key not in ("prompt", "images")
+    }
+    return {func.__name__: list(func(list(completions), **columns)) for func in reward_funcs}
+
+
+def held_out_rewards(
+    model: Any,
+    processor: Any,
+    records: Sequence[Mapping[str, Any]],
+    builder: ExampleBuilder,
+    reward_funcs: Sequence[Callable[..., list[float]]],
+    weights: Sequence[float],
+    cfg: DictConfig,
+    *,
+    desc: str,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Greedy answers on held-out records: headline metrics plus mean reward per component and weighted."""
+    predictions, metrics = evaluate_records(
+        model,
+        processor,
+        records,
+        builder,
+        batch_size=int(cfg.eval.batch_size),
+        max_new_tokens=int(cfg.stage.max_completion_length),
+        desc=desc,
+    )
+    examples = [builder.grpo_example(record) for record in records]
+    components = reward_components(reward_funcs, [p["completion"] for p in predictions], examples)
+    names = [func.__name__ for func in reward_funcs]
+    total = weighted_total(components, dict(zip(names, weights, strict=True)))
+    summary = headline(metrics)
+    summary["reward_weighted"] = sum(total) / len(total)
+    summary.update({f"reward_{name}": sum(values) / len(values) for name, values in components.items()})
+    return summary, predictions
+
+
+def reward_trends(history: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Mean of each logged reward over the first and the last 10% of training steps."""
+    trends: dict[str, dict[str, float]] = {}
+    for key in [f"rewards/{name}/mean" for name in names] + ["reward"]:
+        values = [float(entry[key]) for entry in history if entry.get(key) is not None and "loss" in entry]
+        if not values:
+            continue
+        window = max(1, len(values) // 10)
+        first, last = values[:window], values[-window:]
+        trends[key] = {
+            "first_10pct": sum(first) / len(first),
+            "last_10pct": sum(last) / len(last),
+            "n_logs": len(values),
+        }
+    return trends
+
+
+def run_grpo(cfg: DictConfig, run: RunFolder, *, resume_from_checkpoint: str | None = None) -> dict[str, Any]:
+    """Train Stage 2 from a Stage 1 run and return its metrics."""
+    if int(cfg.stage.per_device_train_batch_size) % int(cfg.stage.num_generations):
+        raise ValueError(
+            f"stage.per_device_train_batch_size={cfg.stage.per_device_train_batch_size} "
+            "must be a multiple of "
+            f"stage.num_generations={cfg.stage.num_generations}"
+        )
+    init_run = resolve_init_run(cfg)
+    log.info("GRPO starts from Stage 1 run %s", init_run)
+    splits = load_split_records(cfg)
+    builder = example_builder(cfg)
+    model, processor, peft_config = load_stage1_policy(cfg, init_run)
+
+    train_records = subsample(splits["train"], cfg.stage.train_max_samples, cfg.seed)
+    class_counts = Counter(record["dx"] for record in splits["train"])
+    reward_funcs, weights = build_reward_functions(to_plain(cfg.reward), class_counts=dict(class_counts))
+    names = [func.__name__ for func in reward_funcs]
+    train_dataset = Dataset.from_list(build_examples(train_records, builder.grpo_example, "train prompts"))
+    eval_records = subsample(splits["val"], cfg.eval.num_samples, cfg.seed)
+
+    before: dict[str, Any] = {}
+    if eval_records:
+        before, _ = held_out_rewards(
+            model, processor, eval_records, builder, reward_funcs, weights, cfg, desc="val before"
+        )
+
+    stage = cfg.stage
+    arguments = GRPOConfig(
+        **trainer_arguments(cfg, run),
+        num_generations=int(stage.num_generations),
+        max_completion_length=int(stage.max_completion_length),
+        temperature=float(stage.temperature),
+        top_p=float(stage.top_p),
+        beta=float(stage.beta),
+        loss_type=stage.loss_type,
+        scale_rewards=stage.scale_rewards,
+        num_iterations=int(stage.num_iterations),
+        reward_weights=list(weights),
+        log_completions=False,
+        remove_unused_columns=False,
+    )
+    trainer = SkindermGRPOTrainer(
+        model=model,
+        reward_funcs=list(reward_funcs),
+        args=arguments,
+        train_dataset=train_dataset,
+        processing_class=processor,
+        peft_config=peft_config,
+        completion_samples=int(cfg.logger.get("log_completions", 0)) if cfg.logger.name == "wandb" else 0,
+    )
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model(str(run.model_dir))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(run.model_dir))
+
+    metrics: dict[str, Any] = {
+        "stage": "grpo",
+        "init_from": str(init_run),
+        "n_train_prompts": len(train_records),
+        "reward_names": names,
+        "reward_weights": dict(zip(names, weights, strict=True)),
+        "global_step": trainer.state.global_step,
+        "reward_trends": reward_trends(trainer.state.log_history, names),
+        **summarise_log_history(trainer.state.log_history),
+    }
+    if eval_records and trainer.is_world_process_zero():
+        after, predictions = held_out_rewards(
+            trainer.model, processor, eval_records, builder, reward_funcs, weights, cfg, desc="val after"
+        )
+        write_predictions(run.path / "predictions_val.jsonl", predictions)
+        metrics["val_before"], metrics["val_after"] = before, after
+        metrics["val_generation"] = after
+        write_json_atomic(run.path / "metrics_val.json", {"before": before, "after": after})
+    return metrics

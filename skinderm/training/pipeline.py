@@ -1,0 +1,71 @@
+"""The shared trainer layer: every stage runs through here (seed, run folder, tracking, metrics)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from skinderm.training.run import RunFolder
+
+log = logging.getLogger(__name__)
+
+
+def _recipe(stage_name: str) -> Callable[..., dict[str, Any]]:
+    """Import only the recipe that runs (TRL's trainers are slow to import)."""
+    if stage_name == "sft":
+        from skinderm.training.sft import run_sft
+
+        return run_sft
+    if stage_name == "grpo":
+        from skinderm.training.grpo import run_grpo
+
+        return run_grpo
+    raise ValueError(f"stage.name={stage_name!r}: unknown stage; use stage=sft or stage=grpo")
+
+
+def run_training(cfg: DictConfig) -> dict[str, Any]:
+    """Run the configured stage end to end and return its metrics (also in <run>/metrics.json)."""
+    from transformers import set_seed
+
+    from skinderm.training.common import configure_torch
+    from skinderm.training.tracking import tracking_run
+
+    run = RunFolder(Path(cfg.paths.output_dir))
+    run.save_resolved_config(cfg)
+    set_seed(int(cfg.seed))
+    configure_torch(cfg)
+    recipe = _recipe(cfg.stage.name)
+    started = time.perf_counter()
+    with tracking_run(cfg, run.path, job_type=cfg.stage.name) as tracker:
+        metrics = recipe(cfg, run)
+        metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
+        metrics["run_dir"] = str(run.path)
+        if tracker is not None:
+            tracker.summary.update(
+                {f"final/{key}": value for key, value in metrics.items() if _is_scalar(value)}
+            )
+    run.write_metrics(metrics)
+    run.mark_finished()
+    return metrics
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, int | float | str | bool)
+
+
+def format_summary(metrics: dict[str, Any]) -> str:
+    """A short human summary for the end of a run."""
+    lines = [f"run folder: {metrics.get('run_dir')}"]
+    for key in ("global_step", "train_loss_first", "train_loss_last", "eval_loss_first", "eval_loss_last"):
+        if key in metrics:
+            value = metrics[key]
+            lines.append(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    for key, value in (metrics.get("val_generation") or {}).items():
+        if value is not None:
+            lines.append(f"  val {key}: {value:.3f}" if isinstance(value, float) else f"  val {key}: {value}")
+    return "\n".join(lines)

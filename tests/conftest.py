@@ -1,0 +1,58 @@
+"""Shared fixtures: composed configs over a per-session data/model cache, never touching the network."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Small enough for seconds, large enough that every class lands in every split.
+SMALL_DATASET = (
+    "dataset.synthetic.num_images=70",
+    "dataset.synthetic.class_counts={akiec:10,bcc:10,bkl:10,df:10,mel:10,nv:10,vasc:10}",
+)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache (synthetic data, tiny model) for the whole session: built once, reused by every test."""
+    return tmp_path_factory.mktemp("skinderm_cache")
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path, shared_cache: Path) -> Iterator[Callable[..., object]]:
+    """Compose conf/train.yaml like the CLI does, with outputs in tmp_path and the shared cache."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    def _compose(overrides: Sequence[str] = (), *, config_name: str = "train") -> object:
+        GlobalHydra.instance().clear()
+        with initialize_config_module("skinderm.conf", version_base="1.3"):
+            cfg = compose(
+                config_name=config_name,
+                overrides=[
+                    f"paths.root_dir={tmp_path}",
+                    f"paths.cache_dir={shared_cache}",
+                    f"paths.data_dir={shared_cache}/data",
+                    *overrides,
+                ],
+                return_hydra_config=True,
+            )
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "run")
+            del cfg["hydra"]
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

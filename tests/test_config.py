@@ -1,0 +1,90 @@
+"""Every config group option composes and validates; mistakes fail fast with a message naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skinderm.config import ConfigError, validate_config
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("dataset", "model", "stage", "reward", "hardware", "logger")
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(group, option) for group in GROUPS for option in group_options(group)]
+)
+def test_every_group_option_composes_and_validates(compose_train, group: str, option: str) -> None:
+    overrides = [f"{group}={option}"]
+    if group == "dataset" and option != "synthetic":
+        overrides.append("dataset.root=/data/somewhere")
+    cfg = compose_train(overrides)
+    validate_config(cfg)
+    assert cfg[group].get("name", option) is not None
+
+
+def test_every_yaml_starts_with_a_command_comment() -> None:
+    for path in CONF.rglob("*.yaml"):
+        first = path.read_text().splitlines()[0]
+        assert (first.startswith("#") and "python" in first) or "@package" in first, path
+
+
+def test_misspelled_key_inside_a_group_is_named(compose_train) -> None:
+    from omegaconf import open_dict
+
+    cfg = compose_train()
+    with open_dict(cfg):
+        cfg.model.lora.rank = 8
+    with pytest.raises(ConfigError, match=r"model\.lora\.rank"):
+        validate_config(cfg)
+
+
+def test_wrong_value_type_is_named(compose_train) -> None:
+    cfg = compose_train(["stage.max_steps=lots"])
+    with pytest.raises(ConfigError, match=r"stage\.max_steps"):
+        validate_config(cfg)
+
+
+def test_unknown_choice_is_named(compose_train) -> None:
+    cfg = compose_train(["hardware.precision=float8"])
+    with pytest.raises(ConfigError, match=r"hardware\.precision"):
+        validate_config(cfg)
+
+
+def test_real_dataset_without_root_says_how_to_fix(compose_train) -> None:
+    cfg = compose_train(["dataset=ham10000"])
+    with pytest.raises(ConfigError, match=r"dataset\.root=/path/to/HAM10000"):
+        validate_config(cfg)
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "skinderm.train", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_misspelled_key_fails_with_one_line_naming_it(tmp_path: Path) -> None:
+    result = run_cli("dataset.nmae=x", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "dataset.nmae" in result.stderr.splitlines()[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_unknown_group_option_lists_the_choices(tmp_path: Path) -> None:
+    result = run_cli("model=tinyy", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "tinyy" in result.stderr and "qwen2_5_vl_3b" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_prints_the_resolved_job_config(tmp_path: Path) -> None:
+    result = run_cli("--cfg", "job", "stage=grpo", "reward=iou_heavy", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "name: grpo" in result.stdout and "weights:" in result.stdout

@@ -1,0 +1,113 @@
+"""A tiny SFT run and a GRPO run from it write everything a reviewer needs into their run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from tests.conftest import SMALL_DATASET
+
+pytestmark = pytest.mark.slow
+
+FAST = (*SMALL_DATASET, "logger=none", "stage.logging_steps=1", "eval.num_samples=6", "eval.batch_size=6")
+
+
+def _run(cfg, run_dir: Path) -> dict:
+    from skinderm.training.pipeline import run_training
+
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+    return run_training(cfg)
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, shared_cache) -> Path:
+    """One 4-step SFT run shared by the tests below (and the GRPO test, which starts from it)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    root = tmp_path_factory.mktemp("pipeline")
+    GlobalHydra.instance().clear()
+    with initialize_config_module("skinderm.conf", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={root}",
+                f"paths.cache_dir={shared_cache}",
+                f"paths.data_dir={shared_cache}/data",
+                *FAST,
+                "stage.max_steps=4",
+                "stage.eval_steps=2",
+                "stage.save_steps=2",
+            ],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    run_dir = root / "outputs" / "sft" / "runs" / "test"
+    _run(cfg, run_dir)
+    GlobalHydra.instance().clear()
+    return run_dir
+
+
+def test_sft_run_folder_holds_model_processor_config_and_metrics(sft_run: Path) -> None:
+    assert (sft_run / "model" / "model.safetensors").is_file()
+    assert (sft_run / "model" / "tokenizer.json").is_file()
+    assert (sft_run / "model" / "processor_config.json").is_file()
+    assert (sft_run / "FINISHED").is_file()
+    resolved = OmegaConf.load(sft_run / "config_resolved.yaml")
+    assert resolved.stage.name == "sft" and "${" not in (sft_run / "config_resolved.yaml").read_text()
+    metrics = json.loads((sft_run / "metrics.json").read_text())
+    assert metrics["global_step"] == 4
+    assert len(metrics["train_loss_curve"]) == 4
+    assert metrics["eval_loss_last"] < metrics["eval_loss_first"], (
+        "eval loss should fall in 4 steps at lr 1e-3"
+    )
+    assert metrics["val_generation"]["n"] == 6
+    assert len((sft_run / "predictions_val.jsonl").read_text().splitlines()) == 6
+
+
+def test_sft_checkpoints_are_safetensors(sft_run: Path) -> None:
+    checkpoints = sorted((sft_run / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints, "save_steps=2 should have written checkpoints"
+    assert all(not list(c.glob("pytorch_model.bin")) for c in checkpoints)
+    assert all((c / "model.safetensors").is_file() for c in checkpoints)
+
+
+def test_sft_with_lora_saves_an_adapter(compose_train, tmp_path: Path) -> None:
+    cfg = compose_train([*FAST, "stage.max_steps=2", "model.lora.enabled=true", "eval.num_samples=0"])
+    metrics = _run(cfg, tmp_path / "lora")
+    assert (tmp_path / "lora" / "model" / "adapter_config.json").is_file()
+    assert not (tmp_path / "lora" / "model" / "model.safetensors").exists()
+    assert metrics["trainable_parameters"] > 0
+
+
+def test_grpo_from_latest_sft_run_records_reward_trends(compose_train, sft_run: Path, tmp_path: Path) -> None:
+    cfg = compose_train([*FAST, "stage=grpo", "stage.max_steps=2", f"stage.init_from={sft_run}"])
+    metrics = _run(cfg, tmp_path / "grpo")
+    assert metrics["init_from"] == str(sft_run)
+    assert metrics["reward_names"] == ["diagnosis", "spatial", "mask_iou"]
+    assert metrics["reward_weights"] == {"diagnosis": 0.4, "spatial": 0.3, "mask_iou": 0.3}
+    for name in ("rewards/diagnosis/mean", "rewards/spatial/mean", "rewards/mask_iou/mean", "reward"):
+        assert set(metrics["reward_trends"][name]) == {"first_10pct", "last_10pct", "n_logs"}
+    assert {"reward_weighted", "reward_diagnosis"} <= set(metrics["val_before"])
+    assert (tmp_path / "grpo" / "model" / "model.safetensors").is_file()
+
+
+def test_grpo_without_any_sft_run_says_what_to_do(compose_train) -> None:
+    cfg = compose_train([*FAST, "stage=grpo", "stage.max_steps=1"])
+    with pytest.raises(FileNotFoundError, match=r"run `python -m skinderm\.train stage=sft` first"):
+        _run(cfg, Path(cfg.paths.root_dir) / "grpo_none")
+
+
+def test_grpo_refuses_an_answer_format_other_than_stage1s(
+    compose_train, sft_run: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train([*FAST, "stage=grpo", f"stage.init_from={sft_run}", "answer.fields=[diagnosis]"])
+    with pytest.raises(ValueError, match=r"answer\.fields"):
+        _run(cfg, tmp_path / "grpo_fmt")
