@@ -48,6 +48,20 @@ def _configure_wandb_environment(cfg: DictConfig, run_dir: Path) -> None:
             )
 
 
+def default_group(cfg: DictConfig) -> str:
+    """The W&B group: one per multirun sweep (`<task>-<sweep time>`), else the task name."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return f"{cfg.task_name}-{Path(hydra_cfg.sweep.dir).name}"
+    except (ImportError, ValueError):  # not under Hydra (a test, a library call)
+        pass
+    return str(cfg.task_name)
+
+
 @contextlib.contextmanager
 def tracking_run(cfg: DictConfig, run_dir: Path, *, job_type: str) -> Iterator[Any]:
     """Start the W&B run for this job (or nothing) and always finish it."""
@@ -60,7 +74,7 @@ def tracking_run(cfg: DictConfig, run_dir: Path, *, job_type: str) -> Iterator[A
     run = wandb.init(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
-        group=cfg.logger.group or cfg.task_name,
+        group=cfg.logger.group or default_group(cfg),
         job_type=job_type,
         name=f"{job_type}-{run_dir.name}",
         tags=list(cfg.logger.tags),
