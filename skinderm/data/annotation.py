@@ -1,0 +1,374 @@
+"""Lesion masks -> geometry (box, 3x3 location, area, components), for one mask and a whole dataset.
+
+One definition everywhere: the box is the bounding box of the LARGEST 8-connected component of
+`mask > 127`, in original pixels with an exclusive end (x2 = x1 + width), and the location is the
+grid cell of that component's centroid. `cv2.connectedComponentsWithStats` (connectivity 8) is the
+reference; `annotate_mask` computes exactly the same with border following (contours), moments and,
+for several components, labels without the whole-image stats pass: 2-4x faster, tested equal.
+The seed took the largest `findContours` contour by polygon area instead, which differs for masks
+with holes or near-equal components. No torch here: workers stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from skinderm.data import layout
+from skinderm.data.classes import location_from_point, spatial_description
+from skinderm.data.ham10000 import OnError, index_dataset
+
+log = logging.getLogger(__name__)
+
+# The record schema of docs/architecture.md, in column order.
+RECORD_COLUMNS: tuple[str, ...] = (
+    "image_id", "lesion_id", "dx", "dx_type", "age", "sex", "localization", "dataset",
+    "image_path", "mask_path", "image_width", "image_height", "mask_available",
+    "bbox", "location", "spatial_description", "area_fraction", "n_components", "centroid",
+)  # fmt: skip
+_METADATA_FIELDS = ("lesion_id", "dx", "dx_type", "age", "sex", "localization", "dataset")
+_AUTO_WORKER_MIN_ITEMS = 200  # below this many images per worker, processes cost more than they save
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class MaskGeometry:
+    """Geometry of one mask; every field but `n_components` is None for an empty mask."""
+
+    bbox: list[int] | None  # [x1, y1, x2, y2] of the largest component, exclusive end
+    location: str | None  # "{v}-{h}" cell of that component's centroid
+    spatial_description: str | None
+    area_fraction: float | None  # all lesion pixels / image pixels
+    n_components: int
+    centroid: list[float] | None  # [cx, cy] of the largest component
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "bbox": self.bbox,
+            "location": self.location,
+            "spatial_description": self.spatial_description,
+            "area_fraction": self.area_fraction,
+            "n_components": self.n_components,
+            "centroid": self.centroid,
+        }
+
+
+EMPTY_GEOMETRY = MaskGeometry(None, None, None, None, 0, None)
+
+
+def annotate_mask(mask: np.ndarray) -> MaskGeometry:
+    """Geometry of a lesion mask: (H, W) or (H, W, C) (first channel used), any dtype, lesion = > 127.
+
+    Boolean masks count True as lesion. Resized or lossy masks carry values other than 0/255, hence
+    the threshold rather than `!= 0`.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[:, :, 0]
+    if mask.ndim != 2 or mask.size == 0:
+        raise ValueError(f"A mask must be a non-empty (H, W) or (H, W, C) array, got shape {mask.shape}.")
+    if mask.dtype == np.bool_:
+        binary = mask.astype(np.uint8)
+    elif mask.dtype == np.uint8:
+        binary = cv2.threshold(np.ascontiguousarray(mask), 127, 1, cv2.THRESH_BINARY)[1]
+    else:
+        binary = (mask > 127).astype(np.uint8)
+    height, width = binary.shape
+    # Outer borders of 8-connected components = top-level contours of RETR_CCOMP (holes are level 2;
+    # a component inside another's hole is top level again). Border following is ~20x faster than
+    # labelling, and most masks have one component, whose geometry then needs no labels at all.
+    contours, hierarchy = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return EMPTY_GEOMETRY
+    outer = np.flatnonzero(hierarchy[0, :, 3] < 0)
+    if len(outer) == 1:
+        x, y, w, h = cv2.boundingRect(contours[int(outer[0])])
+        moments = cv2.moments(binary[y : y + h, x : x + w], binaryImage=True)
+        area = moments["m00"]
+        # (offset * area + local sum) / area: the same exact integer sums as the labelling path,
+        # so both paths give bit-identical centroids.
+        centroid = ((x * area + moments["m10"]) / area, (y * area + moments["m01"]) / area)
+        return _geometry([x, y, x + w, y + h], centroid, area, 1, width, height)
+    # Several components: labels only (no stats pass over the whole image), then per-component work
+    # inside each component's own box, which is what makes this ~2x cheaper than the stats pass.
+    _, labels = cv2.connectedComponents(binary, connectivity=8, ltype=cv2.CV_32S)
+    best: tuple[float, int, list[int], np.ndarray] | None = None
+    total_area = 0.0
+    for index in outer:
+        contour = contours[int(index)]
+        x, y, w, h = cv2.boundingRect(contour)
+        start_x, start_y = contour[0, 0]
+        label = int(labels[start_y, start_x])
+        region = labels[y : y + h, x : x + w] == label
+        area = float(np.count_nonzero(region))
+        total_area += area
+        # Largest area; ties go to the lowest label (first in scan order), as in the stats pass.
+        if best is None or area > best[0] or (area == best[0] and label < best[1]):
+            best = (area, label, [x, y, x + w, y + h], region)
+    assert best is not None
+    area, _, bbox, region = best
+    moments = cv2.moments(region.astype(np.uint8), binaryImage=True)
+    centroid = ((bbox[0] * area + moments["m10"]) / area, (bbox[1] * area + moments["m01"]) / area)
+    return _geometry(bbox, centroid, total_area, len(outer), width, height)
+
+
+def _geometry_by_labels(binary: np.ndarray) -> MaskGeometry:
+    """The definition itself, in one `connectedComponentsWithStats` pass: the reference the fast paths
+    of `annotate_mask` are tested against (bit-identical results)."""
+    height, width = binary.shape
+    count, _, stats, centroids = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if count <= 1:
+        return EMPTY_GEOMETRY
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    largest = 1 + int(np.argmax(areas))  # ties: the first in scan order
+    x, y, w, h = (int(v) for v in stats[largest, :4])
+    centroid = (float(centroids[largest][0]), float(centroids[largest][1]))
+    return _geometry([x, y, x + w, y + h], centroid, float(areas.sum()), count - 1, width, height)
+
+
+def _geometry(
+    bbox: list[int],
+    centroid: tuple[float, float],
+    total_area: float,
+    n_components: int,
+    width: int,
+    height: int,
+) -> MaskGeometry:
+    location = location_from_point(centroid[0], centroid[1], width, height)
+    return MaskGeometry(
+        bbox=[int(v) for v in bbox],
+        location=location,
+        spatial_description=spatial_description(location),
+        area_fraction=round(total_area / (width * height), 6),
+        n_components=n_components,
+        centroid=[round(centroid[0], 2), round(centroid[1], 2)],
+    )
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A mask file decoded to (H, W) uint8 (colour masks are converted to grey by OpenCV)."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"Mask file {path} does not exist.")
+        raise ValueError(f"Mask file {path} cannot be decoded (corrupt or not an image): re-extract it.")
+    return mask
+
+
+def annotate_mask_file(path: str | Path) -> MaskGeometry:
+    """`annotate_mask(read_mask(path))`: the per-mask unit of work of dataset annotation."""
+    return annotate_mask(read_mask(path))
+
+
+def default_workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one process per core already; OpenCV's own threads would oversubscribe
+
+
+def parallel_map(
+    function: Callable[[T], R], items: Sequence[T], *, workers: int, desc: str = "", unit: str = "it"
+) -> list[R]:
+    """`[function(item) for item in items]`, in order, in `workers` spawned processes when > 1.
+
+    Spawn (not fork) so that a caller that already imported torch or started threads is safe.
+    `function` must be importable (module level). Results are identical whatever `workers` is.
+    """
+    progress = {"desc": desc, "unit": unit, "total": len(items), "disable": None}
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in tqdm(items, **progress)]
+    if not _spawn_can_import_main():
+        log.warning("Running in one process: workers cannot re-import a main script read from stdin")
+        return [function(item) for item in tqdm(items, **progress)]
+    workers = min(workers, len(items))
+    chunksize = max(1, min(256, len(items) // (workers * 8)))
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker) as pool:
+        return list(tqdm(pool.imap(function, items, chunksize=chunksize), **progress))
+
+
+def _spawn_can_import_main() -> bool:
+    """Spawned workers re-run the main script; code piped into `python -` has none to re-run.
+
+    Without this check the pool would restart crashing workers forever.
+    """
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or Path(main_file).is_file()
+
+
+def _annotate_item(item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | None, str | None]:
+    """(image size + mask geometry, None) or (None, error message) for one image."""
+    _, image_path, mask_path = item
+    try:
+        with Image.open(image_path) as image:  # lazy: reads the header only
+            width, height = image.size
+    except (OSError, UnidentifiedImageError) as error:
+        return None, f"Image file {image_path} cannot be read ({error}); re-extract it."
+    result: dict[str, Any] = {"image_width": width, "image_height": height}
+    if mask_path is None:
+        result.update(mask_available=False, **EMPTY_GEOMETRY.as_dict())
+        result["n_components"] = None
+        return result, None
+    try:
+        mask = read_mask(mask_path)
+    except (FileNotFoundError, ValueError) as error:
+        return None, str(error)
+    if mask.shape != (height, width):
+        return None, (
+            f"Mask file {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
+            f"{width}x{height}; masks must have their image's size (re-extract the segmentation archive)."
+        )
+    geometry = annotate_mask(mask)
+    result.update(mask_available=geometry.n_components > 0, **geometry.as_dict())
+    return result, None
+
+
+def _plain(value: Any) -> Any:
+    """Metadata cell -> JSON value (NaN -> None)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def annotate_dataset(
+    root: str | Path,
+    out_dir: str | Path | None = None,
+    workers: int | None = None,
+    on_error: OnError = "raise",
+) -> pd.DataFrame:
+    """Annotate every metadata image of the HAM10000 folder `root`; write json + csv into `out_dir`.
+
+    Returns the records as a DataFrame (columns `RECORD_COLUMNS`). What was left out is reported in
+    `df.attrs`: `missing_images` (ids without an image file), `skipped` ([image_id, reason] for
+    unreadable images or bad masks, with on_error="skip"), `masks_missing` (count), `masks_empty`
+    (count), `json_path`, `csv_path`. The files are byte-identical whatever `workers` is.
+    """
+    root = Path(root)
+    out_dir = root if out_dir is None else Path(out_dir)
+    index = index_dataset(root, on_error=on_error)
+    metadata = index.metadata
+    items = [
+        (
+            image_id,
+            str(index.images[image_id]),
+            str(index.masks[image_id]) if image_id in index.masks else None,
+        )
+        for image_id in metadata["image_id"]
+    ]
+    if workers is None:
+        workers = min(default_workers(), max(1, len(items) // _AUTO_WORKER_MIN_ITEMS))
+    results = parallel_map(_annotate_item, items, workers=workers, desc="annotate", unit="img")
+
+    records: list[dict[str, Any]] = []
+    skipped: list[list[str]] = []
+    for row, (image_id, image_path, mask_path), (result, error) in zip(
+        metadata.itertuples(index=False), items, results, strict=True
+    ):
+        if error is not None:
+            if on_error == "raise":
+                raise ValueError(error + " (or set dataset.on_error=skip to leave such images out)")
+            skipped.append([image_id, error])
+            continue
+        record: dict[str, Any] = {"image_id": image_id}
+        record.update({name: _plain(getattr(row, name)) for name in _METADATA_FIELDS})
+        record["image_path"] = Path(image_path).relative_to(root).as_posix()
+        record["mask_path"] = None if mask_path is None else Path(mask_path).relative_to(root).as_posix()
+        record.update(result)
+        records.append({name: record[name] for name in RECORD_COLUMNS})
+    if skipped:
+        log.warning(
+            "Skipped %d images with unreadable files or bad masks, first: %s", len(skipped), skipped[0]
+        )
+
+    frame = records_to_frame(records)
+    json_path = out_dir / layout.ANNOTATIONS_JSON
+    csv_path = out_dir / layout.ANNOTATIONS_CSV
+    layout.atomic_write_text(json_path, _records_json(records))
+    layout.atomic_write_text(csv_path, _records_csv(frame))
+    masks_missing = sum(1 for r in records if r["mask_path"] is None)
+    masks_empty = sum(1 for r in records if r["mask_path"] is not None and not r["mask_available"])
+    frame.attrs.update(
+        missing_images=list(index.missing_images),
+        skipped=skipped,
+        masks_missing=masks_missing,
+        masks_empty=masks_empty,
+        json_path=str(json_path),
+        csv_path=str(csv_path),
+    )
+    log.info(
+        "Annotated %d images of %s -> %s (%d without mask file, %d empty masks, %d skipped, %d no image)",
+        len(records), root, json_path, masks_missing, masks_empty, len(skipped), len(index.missing_images),
+    )  # fmt: skip
+    return frame
+
+
+def _records_json(records: Iterable[dict[str, Any]]) -> str:
+    """A JSON list, one record per line: valid JSON that still diffs and greps line by line."""
+    lines = [json.dumps(record, ensure_ascii=False, allow_nan=False) for record in records]
+    return "[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n"
+
+
+def _records_csv(frame: pd.DataFrame) -> str:
+    table = frame.copy()
+    for column in ("bbox", "centroid"):
+        table[column] = [None if value is None else json.dumps(value) for value in table[column]]
+    return table.to_csv(index=False, lineterminator="\n")
+
+
+def records_to_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Records -> DataFrame with stable dtypes (nullable ints, lists kept as Python lists)."""
+    frame = pd.DataFrame(list(records), columns=list(RECORD_COLUMNS))
+    frame["age"] = pd.to_numeric(frame["age"], errors="coerce").astype(float)
+    frame["area_fraction"] = pd.to_numeric(frame["area_fraction"], errors="coerce").astype(float)
+    for column in ("image_width", "image_height", "n_components"):
+        frame[column] = frame[column].astype("Int64")
+    frame["mask_available"] = frame["mask_available"].astype(bool)
+    for column in ("bbox", "centroid", "mask_path", "location", "spatial_description", "dataset"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
+
+
+def load_annotations(root_or_out_dir: str | Path) -> pd.DataFrame:
+    """The records written by `annotate_dataset`, from a folder (or the json file itself)."""
+    path = Path(root_or_out_dir)
+    if path.is_dir():
+        path = path / layout.ANNOTATIONS_JSON
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"No annotations at {path}: run `python -m skinderm.annotate dataset.root=<HAM10000 folder>`."
+        )
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"Annotation file {path} is not valid JSON ({error}); delete it and re-annotate."
+        ) from None
+    if not isinstance(records, list) or any(not isinstance(r, dict) for r in records):
+        raise ValueError(
+            f"Annotation file {path} must hold a JSON list of records; delete it and re-annotate."
+        )
+    missing = sorted({c for c in RECORD_COLUMNS if records and c not in records[0]})
+    if missing:
+        raise ValueError(f"Annotation file {path} lacks columns {missing}; delete it and re-annotate.")
+    return records_to_frame(records)

@@ -1,0 +1,140 @@
+"""`prepare_dataset(dataset_cfg)`: the one call training and evaluation make to get their records.
+
+It does whatever is missing, and only that: generate the synthetic dataset (cached by its
+parameters), annotate masks (json missing or older than the metadata), make splits (splits.csv
+missing or made with other parameters). Every rank of a multi-GPU run may call it: a file lock
+lets one of them do the work while the others wait and reuse it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from skinderm.data import layout
+from skinderm.data.annotation import annotate_dataset, load_annotations
+from skinderm.data.splits import make_splits, read_splits, split_summary, write_splits
+from skinderm.data.synthetic import ensure_synthetic_dataset, is_synthetic_dataset_current
+
+log = logging.getLogger(__name__)
+
+_SPLIT_DEFAULTS: dict[str, Any] = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (or any Mapping/list) -> plain dicts and lists, without importing omegaconf."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(value[key]) for key in value}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return [_plain(item) for item in value]
+    return value
+
+
+def _required(dataset_cfg: Mapping, key: str, hint: str) -> Any:
+    try:
+        value = dataset_cfg[key]
+    except Exception as error:  # KeyError, or omegaconf's MissingMandatoryValue for `???`
+        raise ValueError(f"dataset.{key} is required: {hint}") from error
+    if value is None or value == "???":
+        raise ValueError(f"dataset.{key} is required: {hint}")
+    return value
+
+
+def prepare_dataset(dataset_cfg: Mapping) -> pd.DataFrame:
+    """Annotated records + `split` + absolute `image_path_abs` / `mask_path_abs` for the configured dataset.
+
+    Keys read: name, root, synthetic (generator parameters, for name == "synthetic"), splits
+    (val_fraction, test_fraction, seed), on_error (raise | skip), annotations_dir (optional: where
+    the json/csv and splits.csv go; default the dataset root, which may then be read-only).
+    """
+    name = str(_required(dataset_cfg, "name", "synthetic or ham10000"))
+    root = Path(str(_required(dataset_cfg, "root", "pass dataset.root=/path/to/HAM10000"))).expanduser()
+    on_error = str(dataset_cfg.get("on_error", "raise"))
+    annotations_dir = dataset_cfg.get("annotations_dir")
+    out_dir = root if annotations_dir in (None, "") else Path(str(annotations_dir)).expanduser()
+    split_params = {**_SPLIT_DEFAULTS, **_plain(dataset_cfg.get("splits") or {})}
+    unknown = sorted(set(split_params) - set(_SPLIT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown dataset.splits keys {unknown}; allowed: {sorted(_SPLIT_DEFAULTS)}.")
+
+    if name == "synthetic":
+        params = _plain(_required(dataset_cfg, "synthetic", "the generator parameters (dataset=synthetic)"))
+        if is_synthetic_dataset_current(root, **params):
+            log.info("Synthetic dataset: reusing %s", root)
+        else:
+            ensure_synthetic_dataset(root, **params)
+            log.info("Synthetic dataset: generated %s", root)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with layout.exclusive_lock(out_dir / ".prepare.lock"):
+        records = _annotations(root, out_dir, on_error)
+        split = _splits(records, out_dir, split_params)
+
+    records = records.assign(split=split.to_numpy())
+    records["image_path_abs"] = [str(root / path) for path in records["image_path"]]
+    records["mask_path_abs"] = [None if path is None else str(root / path) for path in records["mask_path"]]
+    summary = split_summary(records, records["split"])
+    log.info("Dataset %s (%s): %d images, images per class and split:\n%s", name, root, len(records), summary)
+    if not records["mask_available"].all():
+        log.info("%d images have no usable mask (no geometry)", int((~records["mask_available"]).sum()))
+    return records
+
+
+def _annotations(root: Path, out_dir: Path, on_error: str) -> pd.DataFrame:
+    json_path = out_dir / layout.ANNOTATIONS_JSON
+    metadata_path = layout.find_metadata_file(root)
+    if json_path.is_file() and json_path.stat().st_mtime >= metadata_path.stat().st_mtime:
+        records = load_annotations(json_path)
+        log.info("Annotations: reusing %s (%d images)", json_path, len(records))
+        return records
+    reason = "missing" if not json_path.is_file() else "older than the metadata"
+    log.info("Annotations: %s is %s, annotating %s", json_path, reason, root)
+    records = annotate_dataset(root, out_dir=out_dir, on_error=on_error)  # type: ignore[arg-type]
+    attrs = records.attrs
+    if attrs.get("missing_images") or attrs.get("skipped"):
+        log.warning(
+            "Annotations: skipped %d images without a file and %d with unreadable files or bad masks",
+            len(attrs.get("missing_images", [])),
+            len(attrs.get("skipped", [])),
+        )
+    return records
+
+
+def _splits(records: pd.DataFrame, out_dir: Path, params: dict[str, Any]) -> pd.Series:
+    splits_path = out_dir / layout.SPLITS_CSV
+    params_path = out_dir / layout.SPLITS_PARAMS_JSON
+    if splits_path.is_file():
+        stored = json.loads(params_path.read_text(encoding="utf-8")) if params_path.is_file() else None
+        if stored is None or stored == params:
+            return _aligned_splits(records, splits_path, user_made=stored is None)
+        log.info("Splits: %s was made with %s, remaking it with %s", splits_path, stored, params)
+    split = make_splits(records, **params)
+    write_splits(records, split, splits_path)
+    layout.atomic_write_text(params_path, json.dumps(params, sort_keys=True) + "\n")
+    log.info("Splits: wrote %s (%s)", splits_path, params)
+    return split
+
+
+def _aligned_splits(records: pd.DataFrame, splits_path: Path, *, user_made: bool) -> pd.Series:
+    table = read_splits(splits_path).set_index("image_id")
+    split = records["image_id"].map(table["split"])
+    missing = records.loc[split.isna(), "image_id"].tolist()
+    if missing:
+        raise ValueError(
+            f"Split file {splits_path} has no split for {len(missing)} annotated images "
+            f"(first: {missing[:5]}); delete it to have it remade."
+        )
+    lesion_changed = records["lesion_id"].to_numpy() != records["image_id"].map(table["lesion_id"]).to_numpy()
+    if lesion_changed.any():
+        raise ValueError(
+            f"Split file {splits_path} disagrees with the metadata about the lesion of "
+            f"{int(lesion_changed.sum())} images; delete it to have it remade."
+        )
+    origin = "given" if user_made else "reusing"
+    log.info("Splits: %s %s", origin, splits_path)
+    return pd.Series(split.to_numpy(), index=records.index, name="split", dtype=object)

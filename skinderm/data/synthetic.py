@@ -1,0 +1,646 @@
+"""A synthetic HAM10000: the real folder layout, names and metadata values, with drawn lesions.
+
+Why: every stage of the pipeline (annotation, splits, SFT, GRPO, evaluation) must run end to end
+without the 3 GB download, and a tiny model must be able to *learn* from it. So each class gets a
+look that survives downscaling to 112x84 (its own hue and brightness, shape family and texture),
+lesions are placed uniformly over the 3x3 location grid, and `synthetic_ground_truth.csv` records
+the generator's own geometry of the main lesion so that annotation can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from skinderm.data import layout
+from skinderm.data.classes import CLASS_CODES, HAM10000_CLASS_COUNTS, location_from_point
+
+log = logging.getLogger(__name__)
+
+# Bump when the drawing changes, so cached folders (keyed by their parameters) are regenerated.
+GENERATOR_VERSION = 1
+FIRST_IMAGE_NUMBER = 24306  # HAM10000's first image is ISIC_0024306
+JPEG_QUALITY = 90
+
+# Metadata value sets of the real release, with weights close to its counts.
+DX_TYPE_WEIGHTS: dict[str, dict[str, float]] = {
+    "akiec": {"histo": 1.0},
+    "bcc": {"histo": 1.0},
+    "mel": {"histo": 1.0},
+    "nv": {"follow_up": 0.55, "histo": 0.33, "consensus": 0.1, "confocal": 0.02},
+    "bkl": {"histo": 0.5, "consensus": 0.4, "confocal": 0.1},
+    "df": {"histo": 0.5, "consensus": 0.5},
+    "vasc": {"histo": 0.5, "consensus": 0.5},
+}
+LOCALIZATION_WEIGHTS: dict[str, int] = {
+    "back": 2192, "lower extremity": 2077, "trunk": 1404, "upper extremity": 1118, "abdomen": 1022,
+    "face": 745, "chest": 407, "foot": 319, "unknown": 234, "neck": 168, "scalp": 128, "hand": 90,
+    "ear": 56, "genital": 48, "acral": 7,
+}  # fmt: skip
+DATASET_WEIGHTS: dict[str, int] = {
+    "vidir_molemax": 3954, "vidir_modern": 3363, "rosendahl": 2259, "vienna_dias": 439,
+}  # fmt: skip
+SEX_WEIGHTS: dict[str, float] = {"male": 0.54, "female": 0.455, "unknown": 0.005}
+MISSING_AGE_FRACTION = 0.006
+
+GROUND_TRUTH_COLUMNS: tuple[str, ...] = (
+    "image_id", "x1", "y1", "x2", "y2", "location", "n_components",
+    "centroid_x", "centroid_y", "area_fraction", "has_mask",
+)  # fmt: skip
+
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ClassStyle:
+    """How one class looks: all three cues differ between classes, so any one suffices to learn."""
+
+    shape: str  # round | lobed | ellipse | ring | square | star | trefoil
+    texture: str  # solid | dots | stripes | ring | centre
+    color: RGB
+    accent: RGB
+
+
+CLASS_STYLES: dict[str, ClassStyle] = {
+    "nv": ClassStyle("round", "solid", (128, 78, 48), (128, 78, 48)),  # medium brown disc
+    "mel": ClassStyle("lobed", "dots", (34, 24, 40), (80, 96, 150)),  # near-black, blue-grey dots
+    "bkl": ClassStyle("ellipse", "stripes", (204, 162, 58), (146, 104, 36)),  # ochre, striped
+    "bcc": ClassStyle("ring", "ring", (222, 88, 128), (250, 232, 238)),  # pink rim, pearly centre
+    "akiec": ClassStyle("square", "dots", (206, 70, 38), (246, 240, 228)),  # red-orange, white scale
+    "df": ClassStyle("star", "centre", (118, 78, 122), (242, 236, 236)),  # mauve star, white centre
+    "vasc": ClassStyle("trefoil", "dots", (150, 0, 42), (84, 0, 28)),  # crimson, dark lacunae
+}
+SKIN_RGB: RGB = (232, 195, 170)
+
+
+@dataclass(frozen=True)
+class LesionLook:
+    """What stays fixed across the images of one lesion."""
+
+    dx: str
+    unit_polygon: np.ndarray  # (N, 2), area 1, centred, before aspect/rotation
+    aspect: float  # width / height of the unrotated shape
+    area_fraction: float  # of the image, before per-image jitter
+    angle_deg: float
+    color: RGB
+    accent: RGB
+    cell: tuple[int, int]  # (row, col) of the 3x3 grid
+    relative_position: tuple[float, float]  # where in the cell's allowed range (0..1 each)
+    stripe_angle: float
+
+
+def default_class_counts(num_images: int) -> dict[str, int]:
+    """HAM10000's class mix scaled to `num_images` (every class present once there are 7 images)."""
+    return _apportion(num_images, {code: float(HAM10000_CLASS_COUNTS[code]) for code in CLASS_CODES})
+
+
+def _apportion(total: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """Largest-remainder rounding of `weights` to integers summing to `total`; nonzero weights get >= 1."""
+    positive = [code for code in CLASS_CODES if weights.get(code, 0) > 0]
+    weight_sum = sum(weights[code] for code in positive)
+    exact = {code: total * weights[code] / weight_sum for code in positive}
+    counts = {code: math.floor(value) for code, value in exact.items()}
+    by_remainder = sorted(positive, key=lambda code: (-(exact[code] - counts[code]), CLASS_CODES.index(code)))
+    for code in by_remainder[: total - sum(counts.values())]:
+        counts[code] += 1
+    if total >= len(positive):
+        for code in positive:
+            while counts[code] == 0:
+                donor = max(positive, key=lambda c: counts[c])
+                counts[donor] -= 1
+                counts[code] += 1
+    return {code: counts.get(code, 0) for code in CLASS_CODES}
+
+
+def _resolve_class_counts(num_images: int, class_counts: Mapping[str, float] | None) -> dict[str, int]:
+    if class_counts is None:
+        return default_class_counts(num_images)
+    unknown = sorted(set(class_counts) - set(CLASS_CODES))
+    if unknown:
+        raise ValueError(f"class_counts has unknown dx codes {unknown}; use {list(CLASS_CODES)}.")
+    if any(float(v) < 0 for v in class_counts.values()) or sum(float(v) for v in class_counts.values()) <= 0:
+        raise ValueError(f"class_counts {dict(class_counts)} must be non-negative with a positive sum.")
+    return _apportion(num_images, {code: float(v) for code, v in class_counts.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes
+
+
+def _unit_polygon(shape: str, rng: np.random.Generator, n_points: int = 96) -> np.ndarray:
+    """A closed, star-shaped (hence connected) polygon around the origin, scaled to area 1."""
+    theta = np.linspace(0.0, 2.0 * np.pi, n_points, endpoint=False)
+    if shape in ("round", "ellipse", "ring"):
+        radius = np.ones_like(theta)
+    elif shape == "lobed":  # irregular, several harmonics of random phase (melanoma-like border)
+        radius = np.ones_like(theta)
+        for k in range(2, 6):
+            radius += rng.uniform(0.1, 0.22) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    elif shape == "square":  # superellipse: a rounded square
+        power = rng.uniform(3.5, 5.0)
+        radius = (np.abs(np.cos(theta)) ** power + np.abs(np.sin(theta)) ** power) ** (-1.0 / power)
+    elif shape == "star":
+        points = int(rng.integers(5, 8))
+        inner = rng.uniform(0.45, 0.55)
+        phase = (theta * points / (2 * np.pi)) % 1.0
+        radius = inner + (1.0 - inner) * np.abs(1.0 - 2.0 * phase)  # triangle wave: sharp tips
+    elif shape == "trefoil":
+        radius = 1.0 + 0.38 * np.cos(3 * theta + rng.uniform(0, 2 * np.pi))
+    else:  # pragma: no cover - CLASS_STYLES only names the shapes above
+        raise ValueError(f"unknown shape {shape!r}")
+    polygon = np.stack([radius * np.cos(theta), radius * np.sin(theta)], axis=1)
+    return polygon / math.sqrt(_polygon_area(polygon))
+
+
+def _polygon_area(polygon: np.ndarray) -> float:
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def _shape_aspect(shape: str, rng: np.random.Generator) -> float:
+    if shape == "ellipse":
+        return float(rng.uniform(2.0, 2.6))
+    if shape in ("round", "ring", "trefoil"):
+        return float(rng.uniform(0.88, 1.0))
+    return float(rng.uniform(0.8, 1.0))
+
+
+def _place_polygon(
+    look: LesionLook, area_px: float, angle_deg: float, width: int, height: int, jitter: np.ndarray
+) -> np.ndarray:
+    """Scale, rotate and place the lesion so its centre falls in its grid cell, inside the image.
+
+    A lesion too large to fit inside its (edge or corner) cell's reach is shrunk, down to 8% of
+    the image; only then is it allowed to cross the image border or approach the cell's edges.
+    """
+    stretch = np.array([math.sqrt(look.aspect), 1.0 / math.sqrt(look.aspect)])
+    angle = math.radians(angle_deg)
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    unit = (look.unit_polygon * stretch) @ rotation.T
+    row, col = look.cell
+    cell_w, cell_h = width / 3.0, height / 3.0
+    rel = np.clip(np.asarray(look.relative_position) + jitter, 0.0, 1.0)
+    min_area = 0.08 * width * height
+    local = unit
+    # (inset from the cell's edges, share of the lesion kept inside, free margin to the image border)
+    for inset, inside, margin in (
+        (0.12, 1.0, 0.03),
+        (0.0, 1.0, 0.03),
+        (0.0, 1.0, 0.0),
+        (0.0, 0.7, 0.0),
+        (0.0, 0.0, 0.0),
+    ):
+        scale = math.sqrt(area_px)
+        while True:
+            local = unit * scale
+            half_w, half_h = np.abs(local).max(axis=0)
+            reach_x, reach_y = inside * half_w + margin * width, inside * half_h + margin * height
+            x_lo = max(col * cell_w + inset * cell_w, reach_x)
+            x_hi = min((col + 1) * cell_w - inset * cell_w, width - reach_x)
+            y_lo = max(row * cell_h + inset * cell_h, reach_y)
+            y_hi = min((row + 1) * cell_h - inset * cell_h, height - reach_y)
+            fits = x_lo <= x_hi and y_lo <= y_hi
+            if fits or (scale * 0.92) ** 2 < min_area:
+                break
+            scale *= 0.92
+        if fits:
+            break
+    centre_x = x_lo + rel[0] * (x_hi - x_lo)
+    centre_y = y_lo + rel[1] * (y_hi - y_lo)
+    # Keep the centre strictly inside the cell (its right/bottom edge belongs to the next cell).
+    centre = (min(centre_x, (col + 1) * cell_w - 0.51), min(centre_y, (row + 1) * cell_h - 0.51))
+    return local + np.asarray(centre)
+
+
+def _fill_polygon(mask: np.ndarray, polygon: np.ndarray) -> None:
+    fixed_point = np.round(polygon * 16).astype(np.int32)  # 4 fractional bits
+    cv2.fillPoly(mask, [fixed_point], 255, lineType=cv2.LINE_8, shift=4)
+
+
+def _keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """Thin tips can rasterise into stray pixels: the main lesion must be one 8-connected piece."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if count <= 2:
+        return mask
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return np.where(labels == largest, 255, 0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing
+
+
+@dataclass(frozen=True)
+class DrawnLesion:
+    image_rgb: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray  # (H, W) uint8 0/255, all components
+    bbox: tuple[int, int, int, int]  # main lesion, exclusive end
+    centroid: tuple[float, float]  # main lesion
+    n_components: int
+    lesion_pixels: int  # all components
+
+
+class _NoiseBank:
+    """Precomputed fine skin noise; each image takes a random window (fast and deterministic)."""
+
+    def __init__(self, rng: np.random.Generator, width: int, height: int, pad: int = 64) -> None:
+        noise = rng.normal(0.0, 5.0, size=(height + pad, width + pad, 1))
+        noise = np.repeat(noise, 3, axis=2)
+        self.positive = np.clip(noise, 0, 255).astype(np.uint8)
+        self.negative = np.clip(-noise, 0, 255).astype(np.uint8)
+        self.pad = pad
+
+    def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        height, width = image.shape[:2]
+        dy, dx = (int(v) for v in rng.integers(0, self.pad, size=2))
+        image = cv2.add(image, self.positive[dy : dy + height, dx : dx + width])
+        return cv2.subtract(image, self.negative[dy : dy + height, dx : dx + width])
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Skin colour with soft blotches: a tiny random image upsampled (cheap, no per-pixel RNG)."""
+    tone = np.asarray(SKIN_RGB, dtype=np.float32) + rng.uniform(-10, 10, size=3).astype(np.float32)
+    small = rng.normal(0.0, 6.0, size=(8, 10, 1)).astype(np.float32) + tone
+    small = np.clip(small, 0, 255).astype(np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
+
+
+def _jitter_color(color: RGB, rng: np.random.Generator, amount: float) -> RGB:
+    values = np.clip(np.asarray(color) + rng.uniform(-amount, amount, size=3), 0, 255)
+    return (int(values[0]), int(values[1]), int(values[2]))
+
+
+def _texture(
+    layer: np.ndarray,
+    look: LesionLook,
+    style: ClassStyle,
+    polygon_local: np.ndarray,
+    area_px: float,
+    rng: np.random.Generator,
+) -> None:
+    """Paint the class texture into `layer` (the lesion's bounding region), in place."""
+    height, width = layer.shape[:2]
+    if style.texture == "dots":
+        spacing = max(4.0, math.sqrt(area_px) / 7.0)
+        radius = max(1, round(spacing / 4.0))
+        count = int(area_px / spacing**2 * 0.8)
+        xs = rng.uniform(0, width, size=count).astype(int)
+        ys = rng.uniform(0, height, size=count).astype(int)
+        for x, y in zip(xs, ys, strict=True):
+            cv2.circle(layer, (int(x), int(y)), radius, look.accent, -1, lineType=cv2.LINE_8)
+    elif style.texture == "stripes":
+        period = max(4.0, math.sqrt(area_px) / 6.0)
+        yy, xx = np.ogrid[:height, :width]
+        along = xx * math.cos(look.stripe_angle) + yy * math.sin(look.stripe_angle)
+        layer[np.sin(2 * np.pi * along / period) > 0.2] = look.accent
+    elif style.texture in ("ring", "centre"):
+        shrink = 0.55 if style.texture == "ring" else 0.3
+        inner = np.zeros(layer.shape[:2], dtype=np.uint8)
+        _fill_polygon(inner, polygon_local * shrink + polygon_local.mean(axis=0) * (1 - shrink))
+        layer[inner > 0] = look.accent
+
+
+def draw_lesion_image(
+    look: LesionLook,
+    *,
+    width: int,
+    height: int,
+    rng: np.random.Generator,
+    noise: _NoiseBank | None,
+    satellite: bool,
+) -> DrawnLesion:
+    """One image of one lesion: size, rotation and position jittered around the lesion's look."""
+    style = CLASS_STYLES[look.dx]
+    area_px = width * height * float(np.clip(look.area_fraction * rng.uniform(0.88, 1.12), 0.08, 0.25))
+    angle = look.angle_deg + rng.uniform(-15.0, 15.0)
+    polygon = _place_polygon(look, area_px, angle, width, height, rng.normal(0.0, 0.12, size=2))
+    area_px = _polygon_area(polygon)  # after any shrinking to fit its cell
+
+    x0 = max(0, math.floor(polygon[:, 0].min()) - 1)
+    y0 = max(0, math.floor(polygon[:, 1].min()) - 1)
+    x1 = min(width, math.ceil(polygon[:, 0].max()) + 2)
+    y1 = min(height, math.ceil(polygon[:, 1].max()) + 2)
+    local_polygon = polygon - (x0, y0)
+    region_mask = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    _fill_polygon(region_mask, local_polygon)
+    region_mask = _keep_largest_component(region_mask)
+
+    ys, xs = np.nonzero(region_mask)
+    main_pixels = int(xs.size)
+    bbox = (x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1)
+    centroid = (x0 + float(xs.mean()), y0 + float(ys.mean()))
+
+    image = _background(rng, width, height)
+    color = _jitter_color(look.color, rng, 4.0)
+    layer = np.empty((y1 - y0, x1 - x0, 3), dtype=np.uint8)
+    layer[:] = color
+    _texture(layer, look, style, local_polygon, area_px, rng)
+    region = image[y0:y1, x0:x1]
+    inside = region_mask > 0
+    region[inside] = layer[inside]
+
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[y0:y1, x0:x1] = region_mask
+    n_components = 1
+    satellite_pixels = 0
+    if satellite:
+        satellite_pixels = _draw_satellite(image, mask, main_pixels, color, rng)
+        n_components += satellite_pixels > 0
+    if noise is not None:
+        image = noise.apply(image, rng)
+    return DrawnLesion(image, mask, bbox, centroid, n_components, main_pixels + satellite_pixels)
+
+
+def _draw_satellite(
+    image: np.ndarray, mask: np.ndarray, main_pixels: int, color: RGB, rng: np.random.Generator
+) -> int:
+    """A small round blob that does not touch the main lesion; returns its pixel count (0 if no room)."""
+    height, width = mask.shape
+    radius = max(3, round(math.sqrt(main_pixels * rng.uniform(0.05, 0.12) / math.pi)))
+    gap = max(4, round(0.02 * width))
+    reach = radius + gap
+    if 2 * radius + 4 >= min(width, height):
+        return 0
+    for _ in range(40):
+        cx = int(rng.integers(radius + 1, width - radius - 1))
+        cy = int(rng.integers(radius + 1, height - radius - 1))
+        window = mask[max(0, cy - reach) : cy + reach + 1, max(0, cx - reach) : cx + reach + 1]
+        if not window.any():
+            blob = np.zeros_like(mask)
+            cv2.circle(blob, (cx, cy), radius, 255, -1, lineType=cv2.LINE_8)
+            mask |= blob
+            image[blob > 0] = color
+            return int(np.count_nonzero(blob))
+    return 0
+
+
+def _lesion_look(dx: str, rng: np.random.Generator) -> LesionLook:
+    style = CLASS_STYLES[dx]
+    return LesionLook(
+        dx=dx,
+        unit_polygon=_unit_polygon(style.shape, rng),
+        aspect=_shape_aspect(style.shape, rng),
+        area_fraction=float(rng.uniform(0.09, 0.23)),
+        angle_deg=float(rng.uniform(0.0, 180.0)),
+        color=_jitter_color(style.color, rng, 12.0),
+        accent=_jitter_color(style.accent, rng, 8.0),
+        cell=(int(rng.integers(0, 3)), int(rng.integers(0, 3))),
+        relative_position=(float(rng.uniform()), float(rng.uniform())),
+        stripe_angle=float(rng.uniform(0.0, np.pi)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+
+
+def _images_per_lesion(rng: np.random.Generator, remaining: int, max_images: int) -> int:
+    """1 image for most lesions, sometimes more (HAM10000: 10,015 images of 7,470 lesions)."""
+    weights = 0.3 ** np.arange(max_images)
+    return min(remaining, 1 + int(rng.choice(max_images, p=weights / weights.sum())))
+
+
+def _weighted_choice(rng: np.random.Generator, weights: Mapping[str, float]) -> str:
+    names = list(weights)
+    probabilities = np.asarray([weights[name] for name in names], dtype=float)
+    return names[int(rng.choice(len(names), p=probabilities / probabilities.sum()))]
+
+
+def _build_metadata(
+    rng: np.random.Generator, counts: Mapping[str, int], max_images_per_lesion: int
+) -> tuple[pd.DataFrame, list[int], list[str]]:
+    """Metadata rows (one per image), each image's lesion index (0..n_lesions-1) and each lesion's dx."""
+    lesion_dx: list[str] = []
+    image_lesion: list[int] = []
+    for dx in CLASS_CODES:
+        remaining = counts[dx]
+        while remaining > 0:
+            k = _images_per_lesion(rng, remaining, max_images_per_lesion)
+            image_lesion.extend([len(lesion_dx)] * k)
+            lesion_dx.append(dx)
+            remaining -= k
+    n_lesions = len(lesion_dx)
+    lesion_numbers = rng.permutation(n_lesions)
+    missing_age = set(
+        rng.choice(n_lesions, size=max(1, round(MISSING_AGE_FRACTION * n_lesions)), replace=False).tolist()
+        if n_lesions >= 10
+        else []
+    )
+    lesion_rows = []
+    for index, dx in enumerate(lesion_dx):
+        age = float(5 * round(float(np.clip(rng.normal(52, 17), 0, 85)) / 5))
+        lesion_rows.append(
+            {
+                "lesion_id": f"HAM_{int(lesion_numbers[index]):07d}",
+                "dx": dx,
+                "dx_type": _weighted_choice(rng, DX_TYPE_WEIGHTS[dx]),
+                "age": np.nan if index in missing_age else age,
+                "sex": _weighted_choice(rng, SEX_WEIGHTS),
+                "localization": _weighted_choice(rng, LOCALIZATION_WEIGHTS),
+                "dataset": _weighted_choice(rng, DATASET_WEIGHTS),
+            }
+        )
+    order = rng.permutation(len(image_lesion))  # image ids are not grouped by lesion in HAM10000
+    image_lesion = [image_lesion[i] for i in order]
+    rows = []
+    for number, lesion in enumerate(image_lesion):
+        rows.append({"image_id": f"ISIC_{FIRST_IMAGE_NUMBER + number:07d}", **lesion_rows[lesion]})
+    metadata = pd.DataFrame(rows)[list(layout.METADATA_COLUMNS)]
+    return metadata, image_lesion, lesion_dx
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def generate_synthetic_ham10000(
+    out_dir: str | Path,
+    *,
+    num_images: int,
+    seed: int,
+    image_width: int = 600,
+    image_height: int = 450,
+    class_counts: Mapping[str, float] | None = None,
+    max_images_per_lesion: int = 3,
+    multi_component_fraction: float = 0.1,
+    missing_mask_fraction: float = 0.0,
+) -> Path:
+    """Write a synthetic HAM10000 into `out_dir` (replacing an earlier synthetic one) and return it.
+
+    `class_counts` are relative weights per dx code, scaled to `num_images` (exact when they sum to
+    it); None means HAM10000's own class mix. The `.complete` marker is written last.
+    """
+    params = _normalise_params(
+        num_images=num_images, seed=seed, image_width=image_width, image_height=image_height,
+        class_counts=class_counts, max_images_per_lesion=max_images_per_lesion,
+        multi_component_fraction=multi_component_fraction, missing_mask_fraction=missing_mask_fraction,
+    )  # fmt: skip
+    out_dir = Path(out_dir)
+    _clear_previous_output(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    counts = _resolve_class_counts(num_images, class_counts)
+    rng = np.random.default_rng(seed)
+    metadata, image_lesion, lesion_dx = _build_metadata(rng, counts, max_images_per_lesion)
+    n_lesions = len(lesion_dx)
+    n_images = len(metadata)
+    n_satellite = round(multi_component_fraction * n_images)
+    n_no_mask = round(missing_mask_fraction * n_images)
+    with_satellite = set(rng.choice(n_images, size=n_satellite, replace=False).tolist())
+    without_mask = set(rng.choice(n_images, size=n_no_mask, replace=False).tolist())
+    looks = [
+        _lesion_look(dx, np.random.default_rng([seed, 1, lesion])) for lesion, dx in enumerate(lesion_dx)
+    ]
+    noise = _NoiseBank(np.random.default_rng([seed, 3]), image_width, image_height)
+
+    part_dirs = [out_dir / name for name in layout.IMAGE_FOLDER_NAMES]
+    mask_dir = out_dir / layout.MASK_FOLDER_NAME
+    for folder in (*part_dirs, mask_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    first_part_size = (n_images + 1) // 2
+    truth_rows = []
+    progress = tqdm(range(n_images), desc="synthesize", unit="img", disable=None)
+    for index in progress:
+        image_id = str(metadata["image_id"].iloc[index])
+        drawn = draw_lesion_image(
+            looks[image_lesion[index]],
+            width=image_width,
+            height=image_height,
+            rng=np.random.default_rng([seed, 2, index]),
+            noise=noise,
+            satellite=index in with_satellite,
+        )
+        part = part_dirs[0] if index < first_part_size else part_dirs[1]
+        bgr = cv2.cvtColor(drawn.image_rgb, cv2.COLOR_RGB2BGR)
+        _write_image(part / layout.image_filename(image_id), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        has_mask = index not in without_mask
+        if has_mask:
+            _write_image(
+                mask_dir / layout.mask_filename(image_id), drawn.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1]
+            )
+        x1, y1, x2, y2 = drawn.bbox
+        cx, cy = drawn.centroid
+        truth_rows.append(
+            {
+                "image_id": image_id, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                "location": location_from_point(cx, cy, image_width, image_height),
+                "n_components": drawn.n_components, "centroid_x": round(cx, 2), "centroid_y": round(cy, 2),
+                "area_fraction": round(drawn.lesion_pixels / (image_width * image_height), 6),
+                "has_mask": has_mask,
+            }
+        )  # fmt: skip
+
+    metadata.sort_values(["lesion_id", "image_id"]).to_csv(out_dir / "HAM10000_metadata.csv", index=False)
+    pd.DataFrame(truth_rows, columns=list(GROUND_TRUTH_COLUMNS)).to_csv(
+        out_dir / layout.SYNTHETIC_GROUND_TRUTH_CSV, index=False
+    )
+    marker = {"generator_version": GENERATOR_VERSION, "params": params, "num_lesions": n_lesions}
+    layout.atomic_write_text(out_dir / layout.COMPLETE_MARKER, json.dumps(marker, indent=2, sort_keys=True))
+    log.info(
+        "Synthetic HAM10000: %d images of %d lesions in %s (%d without mask, %d with a satellite)",
+        n_images, n_lesions, out_dir, n_no_mask, n_satellite,
+    )  # fmt: skip
+    return out_dir
+
+
+def is_synthetic_dataset_current(out_dir: str | Path, **params: Any) -> bool:
+    """True when `out_dir` holds a complete synthetic dataset made with exactly these parameters."""
+    wanted = {"generator_version": GENERATOR_VERSION, "params": _normalise_params(**params)}
+    marker_path = Path(out_dir) / layout.COMPLETE_MARKER
+    if not marker_path.is_file():
+        return False
+    try:
+        marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return {key: marker.get(key) for key in wanted} == wanted
+
+
+def ensure_synthetic_dataset(out_dir: str | Path, **params: Any) -> Path:
+    """Generate the synthetic dataset unless `out_dir` already holds it with the same parameters."""
+    out_dir = Path(out_dir)
+    with layout.exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
+        if is_synthetic_dataset_current(out_dir, **params):
+            log.info("Reusing synthetic HAM10000 in %s", out_dir)
+            return out_dir
+        log.info("Generating synthetic HAM10000 in %s", out_dir)
+        return generate_synthetic_ham10000(out_dir, **params)
+
+
+def _normalise_params(**params: Any) -> dict[str, Any]:
+    """The generator's parameters with defaults filled in, as JSON-comparable plain values."""
+    signature = inspect.signature(generate_synthetic_ham10000)
+    allowed = [name for name in signature.parameters if name != "out_dir"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"Unknown synthetic dataset parameters {unknown}; allowed: {allowed}.")
+    bound = {name: params.get(name, signature.parameters[name].default) for name in allowed}
+    missing = [name for name, value in bound.items() if value is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"Synthetic dataset parameters {missing} are required (dataset.synthetic.*).")
+    counts = bound["class_counts"]
+    bound["class_counts"] = (
+        None if counts is None else {str(k): float(v) for k, v in sorted(dict(counts).items())}
+    )
+    for name in ("num_images", "seed", "image_width", "image_height", "max_images_per_lesion"):
+        bound[name] = int(bound[name])
+    for name in ("multi_component_fraction", "missing_mask_fraction"):
+        bound[name] = float(bound[name])
+    if bound["num_images"] < 1:
+        raise ValueError(f"num_images must be >= 1, got {bound['num_images']}.")
+    if bound["image_width"] < 48 or bound["image_height"] < 36:
+        raise ValueError(
+            f"Synthetic images must be at least 48x36, got {bound['image_width']}x{bound['image_height']}."
+        )
+    if bound["max_images_per_lesion"] < 1:
+        raise ValueError(f"max_images_per_lesion must be >= 1, got {bound['max_images_per_lesion']}.")
+    for name in ("multi_component_fraction", "missing_mask_fraction"):
+        if not 0.0 <= bound[name] <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {bound[name]}.")
+    return bound
+
+
+def _write_image(path: Path, array: np.ndarray, options: list[int]) -> None:
+    ok, encoded = cv2.imencode(path.suffix, array, options)
+    if not ok:  # pragma: no cover - encoders for .jpg/.png are always built into OpenCV
+        raise OSError(f"OpenCV could not encode {path}.")
+    path.write_bytes(encoded.tobytes())
+
+
+def _clear_previous_output(out_dir: Path) -> None:
+    """Remove what an earlier generation wrote (and what was derived from it); refuse real data."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise NotADirectoryError(f"Synthetic dataset path {out_dir} exists and is not a folder.")
+    ours = (out_dir / layout.COMPLETE_MARKER).exists() or (
+        out_dir / layout.SYNTHETIC_GROUND_TRUTH_CSV
+    ).exists()
+    looks_like_data = any(
+        (out_dir / name).exists() for name in (*layout.METADATA_FILENAMES, *layout.IMAGE_FOLDER_NAMES)
+    )
+    if looks_like_data and not ours:
+        raise FileExistsError(
+            f"{out_dir} holds HAM10000 data that this generator did not write; refusing to overwrite it. "
+            "Choose another output folder."
+        )
+    for name in (
+        layout.COMPLETE_MARKER, "HAM10000_metadata.csv", layout.SYNTHETIC_GROUND_TRUTH_CSV,
+        layout.ANNOTATIONS_JSON, layout.ANNOTATIONS_CSV, layout.SPLITS_CSV, layout.SPLITS_PARAMS_JSON,
+    ):  # fmt: skip
+        (out_dir / name).unlink(missing_ok=True)
+    for name in (*layout.IMAGE_FOLDER_NAMES, layout.MASK_FOLDER_NAME):
+        if (out_dir / name).is_dir():
+            shutil.rmtree(out_dir / name)

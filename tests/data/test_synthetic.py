@@ -1,0 +1,201 @@
+"""The synthetic HAM10000: real names, columns and value sets; deterministic; learnable; cached."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from skinderm.data import layout
+from skinderm.data.classes import CLASS_CODES, LOCATIONS
+from skinderm.data.synthetic import (
+    LOCALIZATION_WEIGHTS,
+    default_class_counts,
+    ensure_synthetic_dataset,
+    generate_synthetic_ham10000,
+    is_synthetic_dataset_current,
+)
+
+TINY = {"num_images": 24, "seed": 3, "image_width": 120, "image_height": 90}
+
+
+def test_layout_has_ham10000_names_and_columns(small_synthetic: Path, small_synthetic_params: dict) -> None:
+    entries = {p.name for p in small_synthetic.iterdir()}
+    assert {
+        "HAM10000_metadata.csv", "HAM10000_images_part_1", "HAM10000_images_part_2",
+        "HAM10000_segmentations_lesion_tschandl", "synthetic_ground_truth.csv", ".complete",
+    } <= entries  # fmt: skip
+    metadata = pd.read_csv(small_synthetic / "HAM10000_metadata.csv")
+    assert list(metadata.columns) == list(layout.METADATA_COLUMNS)
+    numbers = sorted(int(i[5:]) for i in metadata["image_id"])
+    assert numbers == list(range(24306, 24306 + small_synthetic_params["num_images"]))
+    assert metadata["image_id"].str.fullmatch(r"ISIC_\d{7}").all()
+    assert metadata["lesion_id"].str.fullmatch(r"HAM_\d{7}").all()
+    part_1 = sorted(p.name for p in (small_synthetic / "HAM10000_images_part_1").iterdir())
+    part_2 = sorted(p.name for p in (small_synthetic / "HAM10000_images_part_2").iterdir())
+    assert len(part_1) == 35 and len(part_2) == 35
+    assert sorted(part_1 + part_2) == sorted(f"{i}.jpg" for i in metadata["image_id"])
+
+
+def test_metadata_values_come_from_ham10000_value_sets(small_synthetic: Path) -> None:
+    metadata = pd.read_csv(small_synthetic / "HAM10000_metadata.csv")
+    assert set(metadata["dx"]) == set(CLASS_CODES)
+    assert set(metadata["dx_type"]) <= {"histo", "follow_up", "consensus", "confocal"}
+    assert set(metadata["sex"]) <= {"male", "female", "unknown"}
+    assert set(metadata["localization"]) <= set(LOCALIZATION_WEIGHTS)
+    assert len(LOCALIZATION_WEIGHTS) == 15 and "unknown" in LOCALIZATION_WEIGHTS
+    assert set(metadata["dataset"]) <= {"vidir_molemax", "vidir_modern", "rosendahl", "vienna_dias"}
+    ages = metadata["age"].dropna()
+    assert metadata["age"].isna().sum() >= 1  # a few missing, as in HAM10000
+    assert ((ages % 5 == 0) & (ages >= 0) & (ages <= 85)).all()
+
+
+def test_images_of_one_lesion_share_diagnosis_and_metadata(small_synthetic: Path) -> None:
+    metadata = pd.read_csv(small_synthetic / "HAM10000_metadata.csv")
+    per_lesion = metadata.groupby("lesion_id").nunique(dropna=False)
+    assert (per_lesion[["dx", "dx_type", "sex", "localization", "dataset"]] == 1).all().all()
+    assert (metadata.groupby("lesion_id").size() > 1).any()
+    assert metadata.groupby("lesion_id").size().max() <= 3
+
+
+def test_images_are_jpeg_and_masks_single_channel_binary_of_the_same_size(small_synthetic: Path) -> None:
+    masks = sorted((small_synthetic / layout.MASK_FOLDER_NAME).iterdir())
+    for mask_path in masks[:10]:
+        image_id = mask_path.name.removesuffix("_segmentation.png")
+        image_path = next(small_synthetic.glob(f"HAM10000_images_part_*/{image_id}.jpg"))
+        with Image.open(image_path) as image:
+            assert image.format == "JPEG" and image.mode == "RGB" and image.size == (240, 180)
+        with Image.open(mask_path) as mask_image:
+            assert mask_image.mode == "L" and mask_image.size == (240, 180)
+        assert set(np.unique(np.asarray(Image.open(mask_path)))) == {0, 255}
+
+
+def test_missing_mask_fraction_leaves_masks_out(small_synthetic: Path) -> None:
+    truth = pd.read_csv(small_synthetic / layout.SYNTHETIC_GROUND_TRUTH_CSV)
+    masks = {p.name for p in (small_synthetic / layout.MASK_FOLDER_NAME).iterdir()}
+    assert (~truth["has_mask"]).sum() == 7  # 10 % of 70
+    for row in truth.itertuples():
+        assert (layout.mask_filename(row.image_id) in masks) == row.has_mask
+
+
+def test_satellite_is_smaller_than_the_main_lesion_and_does_not_touch_it(small_synthetic: Path) -> None:
+    truth = pd.read_csv(small_synthetic / layout.SYNTHETIC_GROUND_TRUTH_CSV)
+    with_satellite = truth[(truth["n_components"] == 2) & truth["has_mask"]]
+    assert len(with_satellite) >= 10
+    for row in with_satellite.itertuples():
+        mask = cv2.imread(
+            str(small_synthetic / layout.MASK_FOLDER_NAME / layout.mask_filename(row.image_id)), 0
+        )
+        count, _, stats, _ = cv2.connectedComponentsWithStats((mask > 127).astype(np.uint8), connectivity=8)
+        assert count - 1 == 2  # separate under 8-connectivity, so they do not touch
+        areas = sorted(stats[1:, cv2.CC_STAT_AREA])
+        assert areas[0] < 0.2 * areas[1]
+
+
+def test_lesions_cover_about_8_to_25_percent_of_the_image(small_synthetic: Path) -> None:
+    truth = pd.read_csv(small_synthetic / layout.SYNTHETIC_GROUND_TRUTH_CSV)
+    assert truth["area_fraction"].between(0.04, 0.3).all()
+    assert truth["area_fraction"].median() == pytest.approx(0.16, abs=0.05)
+
+
+def test_generation_is_deterministic_by_seed(tmp_path: Path) -> None:
+    first = generate_synthetic_ham10000(tmp_path / "a", **TINY)
+    second = generate_synthetic_ham10000(tmp_path / "b", **TINY)
+    other = generate_synthetic_ham10000(tmp_path / "c", **{**TINY, "seed": 4})
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
+    assert all(filecmp.cmp(first / f, second / f, shallow=False) for f in files)
+    assert not filecmp.cmp(first / "HAM10000_metadata.csv", other / "HAM10000_metadata.csv", shallow=False)
+
+
+def test_default_class_mix_follows_ham10000_with_every_class_present() -> None:
+    counts = default_class_counts(1500)
+    assert sum(counts.values()) == 1500
+    assert counts["nv"] == max(counts.values()) and counts["nv"] == pytest.approx(1500 * 6705 / 10015, abs=1)
+    assert min(default_class_counts(20).values()) >= 1
+
+
+def test_class_counts_are_weights_scaled_to_num_images(tmp_path: Path) -> None:
+    root = generate_synthetic_ham10000(
+        tmp_path / "w", **{**TINY, "num_images": 21, "class_counts": {"mel": 2, "nv": 1}}
+    )
+    counts = pd.read_csv(root / "HAM10000_metadata.csv")["dx"].value_counts().to_dict()
+    assert counts == {"mel": 14, "nv": 7}
+    with pytest.raises(ValueError, match="unknown dx codes"):
+        generate_synthetic_ham10000(tmp_path / "x", **{**TINY, "class_counts": {"melanoma": 1}})
+
+
+def test_each_class_has_a_distinct_colour_after_downscaling_to_112x84(small_synthetic: Path) -> None:
+    """Learnability: a nearest-centroid rule on the mean lesion colour at 112x84 tells the classes apart."""
+    metadata = pd.read_csv(small_synthetic / "HAM10000_metadata.csv").set_index("image_id")
+    truth = pd.read_csv(small_synthetic / layout.SYNTHETIC_GROUND_TRUTH_CSV)
+    features, labels = [], []
+    for row in truth[truth["has_mask"]].itertuples():
+        image_path = next(small_synthetic.glob(f"HAM10000_images_part_*/{row.image_id}.jpg"))
+        image = np.asarray(Image.open(image_path).convert("RGB").resize((112, 84), Image.Resampling.BICUBIC))
+        mask = cv2.imread(
+            str(small_synthetic / layout.MASK_FOLDER_NAME / layout.mask_filename(row.image_id)), 0
+        )
+        small_mask = cv2.resize(mask, (112, 84), interpolation=cv2.INTER_NEAREST) > 127
+        features.append(image[small_mask].mean(axis=0))
+        labels.append(metadata.loc[row.image_id, "dx"])
+    features_array, labels_array = np.asarray(features), np.asarray(labels)
+    centroids = {dx: features_array[labels_array == dx].mean(axis=0) for dx in CLASS_CODES}
+    predicted = [min(centroids, key=lambda dx: np.linalg.norm(f - centroids[dx])) for f in features_array]
+    assert np.mean(np.asarray(predicted) == labels_array) >= 0.95
+
+
+def test_lesion_centres_cover_every_grid_cell(tmp_path: Path) -> None:
+    root = generate_synthetic_ham10000(
+        tmp_path / "cells", num_images=270, seed=1, image_width=96, image_height=72, max_images_per_lesion=1,
+        multi_component_fraction=0.0,
+    )  # fmt: skip
+    counts = pd.read_csv(root / layout.SYNTHETIC_GROUND_TRUTH_CSV)["location"].value_counts()
+    assert set(counts.index) == set(LOCATIONS)
+    assert counts.min() >= 15  # uniform would be 30 per cell
+
+
+def test_ensure_reuses_a_complete_dataset_and_regenerates_when_parameters_change(tmp_path: Path) -> None:
+    root = ensure_synthetic_dataset(tmp_path / "cache", **TINY)
+    marker = json.loads((root / layout.COMPLETE_MARKER).read_text())
+    assert marker["params"]["num_images"] == 24
+    (root / layout.ANNOTATIONS_JSON).write_text("[]")  # derived from the old data
+    stamp = (root / "HAM10000_metadata.csv").stat().st_mtime_ns
+    assert ensure_synthetic_dataset(root, **TINY) == root
+    assert (root / "HAM10000_metadata.csv").stat().st_mtime_ns == stamp
+    assert is_synthetic_dataset_current(root, **TINY)
+    assert not is_synthetic_dataset_current(root, **{**TINY, "multi_component_fraction": 0.5})
+    ensure_synthetic_dataset(root, **{**TINY, "multi_component_fraction": 0.5})
+    assert is_synthetic_dataset_current(root, **{**TINY, "multi_component_fraction": 0.5})
+    assert not (root / layout.ANNOTATIONS_JSON).exists()
+
+
+def test_a_folder_without_the_complete_marker_is_regenerated(tmp_path: Path) -> None:
+    root = ensure_synthetic_dataset(tmp_path / "partial", **TINY)
+    (root / layout.COMPLETE_MARKER).unlink()
+    victim = next((root / "HAM10000_images_part_2").iterdir())
+    victim.unlink()  # as if generation had been interrupted
+    assert not is_synthetic_dataset_current(root, **TINY)
+    ensure_synthetic_dataset(root, **TINY)
+    assert victim.exists() and (root / layout.COMPLETE_MARKER).exists()
+
+
+def test_generator_refuses_to_overwrite_data_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "HAM10000_metadata").write_text("lesion_id\timage_id\n")
+    with pytest.raises(FileExistsError, match="did not write"):
+        generate_synthetic_ham10000(tmp_path / "real", **TINY)
+    assert (tmp_path / "real" / "HAM10000_metadata").exists()
+
+
+def test_unknown_or_invalid_parameters_are_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="Unknown synthetic dataset parameters"):
+        ensure_synthetic_dataset(tmp_path / "x", **TINY, colour="red")
+    with pytest.raises(ValueError, match="missing_mask_fraction"):
+        generate_synthetic_ham10000(tmp_path / "y", **{**TINY, "missing_mask_fraction": 1.5})
