@@ -12,3 +12,14 @@ __version__ = "0.1.0"
 # resolves its sweep dir first, where `${hydra:runtime.cwd}` fails).
 if not OmegaConf.has_resolver("cwd"):
     OmegaConf.register_new_resolver("cwd", os.getcwd)
+
+
+def _run_dir(resume: str | None, runs_root: str, stamp: str) -> str:
+    from skinderm.training.checkpoints import resolve_run_dir
+
+    return resolve_run_dir(resume, runs_root, stamp)
+
+
+# `${run_dir:${resume},<runs root>,<time stamp>}` in conf/hydra: a new run folder, or the one being resumed.
+if not OmegaConf.has_resolver("run_dir"):
+    OmegaConf.register_new_resolver("run_dir", _run_dir)

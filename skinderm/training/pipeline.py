@@ -36,13 +36,16 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     from skinderm.training.tracking import tracking_run
 
     run = RunFolder(Path(cfg.paths.output_dir))
+    checkpoint = resume_checkpoint(cfg, run)
     run.save_resolved_config(cfg)
     set_seed(int(cfg.seed))
     configure_torch(cfg)
     recipe = _recipe(cfg.stage.name)
     started = time.perf_counter()
     with tracking_run(cfg, run.path, job_type=cfg.stage.name) as tracker:
-        metrics = recipe(cfg, run)
+        metrics = recipe(cfg, run, resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if checkpoint is not None:
+            metrics["resumed_from"] = str(checkpoint)
         metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
         metrics["run_dir"] = str(run.path)
         if tracker is not None:
@@ -52,6 +55,24 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     run.write_metrics(metrics)
     run.mark_finished()
     return metrics
+
+
+def resume_checkpoint(cfg: DictConfig, run: RunFolder) -> Path | None:
+    """The checkpoint to continue from when `resume` is set (the run folder is already the resumed one)."""
+    if not cfg.get("resume"):
+        return None
+    from skinderm.training.checkpoints import last_complete_checkpoint
+
+    checkpoint = last_complete_checkpoint(run.checkpoints_dir)
+    if checkpoint is None:
+        raise FileNotFoundError(
+            f"resume={cfg.resume}: no complete checkpoint in {run.checkpoints_dir}; "
+            "start the run again without resume (or lower stage.save_steps)"
+        )
+    if (run.path / "FINISHED").exists():
+        (run.path / "FINISHED").unlink()  # it is running again; `latest` must not pick it until it ends
+    log.info("resuming %s from %s", run.path, checkpoint)
+    return checkpoint
 
 
 def _is_scalar(value: Any) -> bool:

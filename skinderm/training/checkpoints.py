@@ -1,0 +1,76 @@
+"""Resume: find the run to continue and its newest checkpoint that is complete.
+
+Transformers writes a checkpoint's files one after another (weights, optimizer, scheduler, RNG state) and
+`trainer_state.json` last. A run killed in the middle of a save leaves a folder without a valid
+`trainer_state.json`; such a folder is never picked, so resume falls back to the previous good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+_WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
+_STATE_FILES = ("optimizer.pt", "scheduler.pt")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete."""
+    match = _CHECKPOINT.match(folder.name)
+    if not match or not folder.is_dir():
+        return "not a checkpoint-<step> folder"
+    state_file = folder / "trainer_state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return "trainer_state.json missing or truncated (the save was interrupted)"
+    if int(state.get("global_step", -1)) != int(match.group(1)):
+        return f"trainer_state.json says step {state.get('global_step')}"
+    if not any((folder / name).is_file() for name in _WEIGHT_FILES):
+        return "no model or adapter weights"
+    missing = [name for name in _STATE_FILES if not (folder / name).is_file()]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    return None
+
+
+def last_complete_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The highest-step complete checkpoint in `checkpoints_dir`; incomplete ones are logged and skipped."""
+    if not checkpoints_dir.is_dir():
+        return None
+    folders = sorted(
+        (p for p in checkpoints_dir.iterdir() if _CHECKPOINT.match(p.name)),
+        key=lambda p: int(_CHECKPOINT.match(p.name).group(1)),
+        reverse=True,
+    )
+    for folder in folders:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        log.warning("skipping %s for resume: %s", folder, problem)
+    return None
+
+
+def resolve_run_dir(resume: str | None, runs_root: str, stamp: str) -> str:
+    """Hydra's run folder: a new `<runs_root>/<stamp>`, or the run being resumed (`latest` or a path).
+
+    Registered as the `${run_dir:...}` resolver used by conf/hydra/default.yaml, so a resumed run writes into
+    its own folder again (same checkpoints, same W&B directory, appended train.log).
+    """
+    if resume in (None, "", "null", "None"):
+        return f"{runs_root}/{stamp}"
+    if resume == "latest":
+        root = Path(runs_root)
+        runs = [p for p in root.iterdir() if (p / "checkpoints").is_dir()] if root.is_dir() else []
+        if not runs:
+            raise ValueError(f"resume=latest: no run with checkpoints under {root}; start without resume")
+        return str(max(runs, key=lambda p: (p / "checkpoints").stat().st_mtime))
+    path = Path(resume).expanduser().resolve()
+    if not (path / "checkpoints").is_dir():
+        raise ValueError(f"resume={resume}: {path} has no checkpoints/ folder; pass a run folder or `latest`")
+    return str(path)
