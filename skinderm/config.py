@@ -7,7 +7,13 @@ before any data or model is loaded. Each group option is checked against the sch
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -18,6 +24,45 @@ from skinderm.answers import ANSWER_FIELDS
 
 class ConfigError(ValueError):
     """A user-fixable configuration problem; its message is one line naming the key."""
+
+
+# Errors our code raises for things a user can fix (bad paths, data or settings). Their messages name the
+# file or key and the fix, so the command line shows that one line instead of a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+)
+
+
+@contextlib.contextmanager
+def user_errors_as_messages(cfg: DictConfig | None = None) -> Iterator[None]:
+    """Turn a user-fixable error into `error: <one line>` and exit code 2; the traceback goes to a file.
+
+    SKINDERM_DEBUG=1 (or HYDRA_FULL_ERROR=1) re-raises instead, for debugging.
+    """
+    try:
+        yield
+    except USER_ERRORS as error:
+        if os.environ.get("SKINDERM_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        where = _write_traceback(cfg)
+        hint = f" (traceback: {where})" if where else " (SKINDERM_DEBUG=1 shows the traceback)"
+        print(f"error: {message}{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _write_traceback(cfg: DictConfig | None) -> Path | None:
+    try:
+        folder = Path(cfg.paths.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "error.txt"
+        path.write_text(traceback.format_exc())
+        return path
+    except Exception:  # no usable run folder: the message alone must do
+        return None
 
 
 # --- dataset -------------------------------------------------------------------------------------------
@@ -153,6 +198,8 @@ class HardwareSchema:
     attn_implementation: str | None = None
     torch_threads: int | None = None
     dataloader_num_workers: int = MISSING
+    # The accelerate config this option is meant to be launched with (documentation + `scripts/launch.sh`).
+    accelerate_config: str | None = None
 
 
 @dataclass

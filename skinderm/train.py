@@ -10,24 +10,19 @@ Configs live in conf/ (installed as `skinderm.conf`); `--cfg job` prints the com
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from skinderm.config import ConfigError, validate_config
+from skinderm.config import user_errors_as_messages, validate_config
 
 
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
+    with user_errors_as_messages(cfg):
         validate_config(cfg)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    from skinderm.training.pipeline import format_summary, run_training
+        from skinderm.training.pipeline import format_summary, run_training
 
-    metrics = run_training(cfg)
+        metrics = run_training(cfg)
     print(format_summary(metrics))
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None

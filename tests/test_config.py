@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,36 @@ def test_cli_prints_the_resolved_job_config(tmp_path: Path) -> None:
     result = run_cli("--cfg", "job", "stage=grpo", "reward=iou_heavy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "name: grpo" in result.stdout and "weights:" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("stage.max_steps=lots",), "stage.max_steps"),
+        (("hardware.precision=float8",), "hardware.precision"),
+        (("dataset=ham10000",), "dataset.root=/path/to/HAM10000"),
+        (("dataset=ham10000", "dataset.root=/no/such/folder"), "/no/such/folder"),
+        (("stage=grpo", "logger=none"), "run `python -m skinderm.train stage=sft` first"),
+        (("stage=grpo", "logger=none", "stage.init_from=/no/run"), "stage.init_from=/no/run"),
+        (("logger.mode=online",), "WANDB_API_KEY"),
+        (("resume=latest",), "start without resume"),
+    ],
+)
+def test_cli_user_mistakes_end_in_one_line_naming_the_fix(
+    tmp_path: Path, args: tuple[str, ...], expected: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")} | {"HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "skinderm.train", *args, f"paths.root_dir={tmp_path}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
+    )
+    assert result.returncode != 0
+    error_lines = [
+        line for line in result.stderr.splitlines() if line.startswith(("error:", "Error", "Could not"))
+    ]
+    assert error_lines and expected in error_lines[0], result.stderr[-1500:]
+    assert "Traceback" not in result.stderr

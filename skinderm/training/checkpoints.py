@@ -60,7 +60,9 @@ def resolve_run_dir(resume: str | None, runs_root: str, stamp: str) -> str:
     """Hydra's run folder: a new `<runs_root>/<stamp>`, or the run being resumed (`latest` or a path).
 
     Registered as the `${run_dir:...}` resolver used by conf/hydra/default.yaml, so a resumed run writes into
-    its own folder again (same checkpoints, same W&B directory, appended train.log).
+    its own folder again (same checkpoints, same W&B directory, appended train.log). It never raises (Hydra
+    would print a traceback): when nothing can be resumed it returns a new folder, and the training code then
+    stops with a one-line message (`skinderm.training.pipeline.resume_checkpoint`).
     """
     if resume in (None, "", "null", "None"):
         return f"{runs_root}/{stamp}"
@@ -68,9 +70,6 @@ def resolve_run_dir(resume: str | None, runs_root: str, stamp: str) -> str:
         root = Path(runs_root)
         runs = [p for p in root.iterdir() if (p / "checkpoints").is_dir()] if root.is_dir() else []
         if not runs:
-            raise ValueError(f"resume=latest: no run with checkpoints under {root}; start without resume")
+            return f"{runs_root}/{stamp}"
         return str(max(runs, key=lambda p: (p / "checkpoints").stat().st_mtime))
-    path = Path(resume).expanduser().resolve()
-    if not (path / "checkpoints").is_dir():
-        raise ValueError(f"resume={resume}: {path} has no checkpoints/ folder; pass a run folder or `latest`")
-    return str(path)
+    return str(Path(resume).expanduser().resolve())

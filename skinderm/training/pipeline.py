@@ -67,7 +67,7 @@ def resume_checkpoint(cfg: DictConfig, run: RunFolder) -> Path | None:
     if checkpoint is None:
         raise FileNotFoundError(
             f"resume={cfg.resume}: no complete checkpoint in {run.checkpoints_dir}; "
-            "start the run again without resume (or lower stage.save_steps)"
+            "start without resume (checkpoints are written every stage.save_steps)"
         )
     if (run.path / "FINISHED").exists():
         (run.path / "FINISHED").unlink()  # it is running again; `latest` must not pick it until it ends

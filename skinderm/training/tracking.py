@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from skinderm.config import ConfigError
 from skinderm.training.run import is_main_process, to_plain
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def _configure_wandb_environment(cfg: DictConfig, run_dir: Path) -> None:
     if os.environ["WANDB_MODE"] == "online" and not os.environ.get("WANDB_API_KEY"):
         netrc = Path.home() / ".netrc"
         if not (netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore")):
-            raise RuntimeError(
+            raise ConfigError(
                 "logger.mode=online but no W&B credentials: run `wandb login` or set WANDB_API_KEY, "
                 "or use logger.mode=offline (sync later with `wandb sync`)"
             )

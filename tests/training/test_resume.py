@@ -106,7 +106,10 @@ def test_interrupted_save_is_never_picked(tmp_path: Path) -> None:
     assert last_complete_checkpoint(tmp_path) == good
 
 
-def test_resume_latest_without_runs_says_what_to_do(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="start without resume"):
-        resolve_run_dir("latest", str(tmp_path / "runs"), "now")
-    assert resolve_run_dir(None, str(tmp_path), "2026") == f"{tmp_path}/2026"
+def test_run_dir_is_new_unless_a_run_with_checkpoints_is_resumed(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    assert resolve_run_dir(None, str(runs), "2026") == f"{runs}/2026"
+    assert resolve_run_dir("latest", str(runs), "2026") == f"{runs}/2026"  # nothing: the run says so
+    (runs / "a" / "checkpoints").mkdir(parents=True)
+    assert resolve_run_dir("latest", str(runs), "2026") == str(runs / "a")
+    assert resolve_run_dir(str(runs / "a"), str(runs), "2026") == str(runs / "a")
