@@ -57,14 +57,18 @@ def mask_polygon(mask: np.ndarray, max_points: int) -> list[list[int]] | None:
     if not contours:
         return None
     contour = max(contours, key=cv2.contourArea)
+    if len(contour) < 3:
+        return None
     perimeter = cv2.arcLength(contour, closed=True)
     epsilon = 0.005 * perimeter
     approx = cv2.approxPolyDP(contour, epsilon, closed=True)
     while len(approx) > max_points:
-        epsilon *= 1.5
+        epsilon *= 1.25
         approx = cv2.approxPolyDP(contour, epsilon, closed=True)
-    points = approx.reshape(-1, 2).tolist()
-    return points if len(points) >= 3 else None
+    if len(approx) < 3:  # the tolerance jumped past the budget: evenly spaced contour points instead
+        picks = np.linspace(0, len(contour), num=min(max_points, len(contour)), endpoint=False).astype(int)
+        approx = contour[picks]
+    return approx.reshape(-1, 2).tolist()
 
 
 @dataclass(frozen=True)
