@@ -80,13 +80,23 @@ def _is_scalar(value: Any) -> bool:
 
 
 def format_summary(metrics: dict[str, Any]) -> str:
-    """A short human summary for the end of a run."""
+    """A short human summary for the end of a run (GRPO: held-out numbers before and after training)."""
     lines = [f"run folder: {metrics.get('run_dir')}"]
     for key in ("global_step", "train_loss_first", "train_loss_last", "eval_loss_first", "eval_loss_last"):
         if key in metrics:
-            value = metrics[key]
-            lines.append(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
-    for key, value in (metrics.get("val_generation") or {}).items():
-        if value is not None:
-            lines.append(f"  val {key}: {value:.3f}" if isinstance(value, float) else f"  val {key}: {value}")
+            lines.append(f"  {key}: {_fmt(metrics[key])}")
+    before, after = metrics.get("val_before"), metrics.get("val_after")
+    if before and after:
+        lines.append(f"  {'val (greedy)':<28} {'before':>8} {'after':>8}")
+        for key in after:
+            lines.append(f"  {key:<28} {_fmt(before.get(key)):>8} {_fmt(after.get(key)):>8}")
+    else:
+        for key, value in (metrics.get("val_generation") or {}).items():
+            lines.append(f"  val {key}: {_fmt(value)}")
     return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
