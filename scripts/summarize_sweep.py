@@ -38,7 +38,9 @@ def job_row(job_dir: Path) -> dict[str, Any]:
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    jobs = sorted((p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: (len(p.name), p.name))
+    jobs = sorted(
+        (p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()), key=lambda p: (len(p.name), p.name)
+    )
     if not jobs:
         raise SystemExit(f"error: {sweep_dir} holds no Hydra job folders (expected <sweep>/<n>/.hydra/)")
     return [job_row(job) for job in jobs]
@@ -50,7 +52,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
     lines = [" | ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True))]
     lines.append("-+-".join("-" * width for width in widths))
-    lines += [" | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells]
+    lines += [
+        " | ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in cells
+    ]
     return "\n".join(lines)
 
 

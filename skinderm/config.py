@@ -231,6 +231,8 @@ class EvalSchema:
     max_new_tokens: int = MISSING
 
 
+# isic2018_test has no train split and no masks: it is for `python -m skinderm.evaluate`.
+TRAINABLE_DATASETS = ("synthetic", "ham10000")
 STAGE_SCHEMAS: dict[str, type] = {"sft": SFTStageSchema, "grpo": GRPOStageSchema}
 LOGGER_SCHEMAS: dict[str, type] = {"wandb": WandbLoggerSchema, "none": NoLoggerSchema}
 TOP_LEVEL_KEYS = {
@@ -285,6 +287,7 @@ def validate_config(cfg: DictConfig) -> None:
     _check(cfg.answer, AnswerSchema, "answer")
     _check(cfg.eval, EvalSchema, "eval")
     _one_of(cfg.dataset.on_error, ("raise", "skip"), "dataset.on_error")
+    _one_of(cfg.dataset.name, TRAINABLE_DATASETS, "dataset (for training)")
     _one_of(cfg.hardware.precision, ("float32", "bfloat16", "float16"), "hardware.precision")
     _one_of(cfg.reward.iou_kind, ("mask", "bbox"), "reward.iou_kind")
     _one_of(

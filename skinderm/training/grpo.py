@@ -14,7 +14,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from skinderm.data.conversations import ExampleBuilder
 from skinderm.evaluation.runner import evaluate_records, headline, write_predictions
-from skinderm.models.loading import load_model_and_processor
+from skinderm.models.checkpoints import is_adapter_folder, load_run_model
 from skinderm.rewards import build_reward_functions, weighted_total
 from skinderm.training.common import (
     build_examples,
@@ -68,39 +68,23 @@ def _check_same_answer_format(cfg: DictConfig, sft_cfg: DictConfig, run_dir: Pat
 
 
 def load_stage1_policy(cfg: DictConfig, init_run: Path) -> tuple[Any, Any, Any]:
-    """(model, processor, peft_config) from a Stage 1 run: full weights, or base + LoRA adapter."""
+    """(model, processor, peft_config) from a Stage 1 run: full weights, or base + LoRA adapter.
+
+    An adapter is kept trainable (GRPO continues it) unless `stage.merge_adapter`, which folds it into the
+    weights; a fresh adapter is then added when `model.lora.enabled`.
+    """
     sft_cfg = OmegaConf.load(init_run / RESOLVED_CONFIG_FILE)
     _check_same_answer_format(cfg, sft_cfg, init_run)
-    model_dir = init_run / "model"
-    dtype, attention = cfg.hardware.precision, cfg.hardware.attn_implementation
-    if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        # The adapter folder holds no base weights: load the base model Stage 1 started from.
-        base_model, _ = load_model_and_processor(
-            to_plain(sft_cfg.model), torch_dtype=dtype, attn_implementation=attention
-        )
-        processor = _load_processor(cfg, model_dir)
-        model = PeftModel.from_pretrained(
-            base_model, str(model_dir), is_trainable=not cfg.stage.merge_adapter
-        )
-        if cfg.stage.merge_adapter:
-            return model.merge_and_unload(), processor, lora_config(cfg)
-        return model, processor, None
-    model_cfg = {**to_plain(cfg.model), "name_or_path": str(model_dir), "tiny": None}
-    model, processor = load_model_and_processor(model_cfg, torch_dtype=dtype, attn_implementation=attention)
-    return model, processor, lora_config(cfg)
-
-
-def _load_processor(cfg: DictConfig, model_dir: Path) -> Any:
-    from skinderm.models.processor import load_processor
-
-    return load_processor(
-        str(model_dir),
-        min_pixels=int(cfg.model.min_pixels),
-        max_pixels=int(cfg.model.max_pixels),
-        local_files_only=True,
+    merge = bool(cfg.stage.merge_adapter)
+    model, processor = load_run_model(
+        init_run,
+        torch_dtype=cfg.hardware.precision,
+        attn_implementation=cfg.hardware.attn_implementation,
+        merge_adapter=merge,
+        adapter_trainable=True,
     )
+    keeps_adapter = is_adapter_folder(init_run / "model") and not merge
+    return model, processor, None if keeps_adapter else lora_config(cfg)
 
 
 class SkindermGRPOTrainer(GRPOTrainer):

@@ -1,0 +1,159 @@
+"""Batched greedy answers do not depend on left padding; prediction records are in original pixels."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from skinderm.answers import parse_answer
+from skinderm.data.conversations import ExampleBuilder
+from skinderm.evaluation.generation import (
+    LazyImages,
+    answer_in_original_space,
+    generate_answers,
+    prediction_record,
+    prompt_text,
+)
+from skinderm.models.coordinates import box_to_model_space, model_input_size
+
+PROMPT = "Look at this dermoscopy image. Answer in JSON."
+BUILDER = ExampleBuilder(fields=("diagnosis", "location", "bbox_2d"), min_pixels=3136, max_pixels=40_000)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    """(model, processor) of the tiny random Qwen2.5-VL, built once for this module."""
+    import torch
+
+    from skinderm.models.loading import load_model_and_processor
+    from skinderm.models.tiny import ensure_tiny_model
+
+    torch.set_num_threads(1)
+    folder = ensure_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+    return load_model_and_processor(
+        {"name": "tiny", "name_or_path": str(folder), "min_pixels": 3136, "max_pixels": 40_000}
+    )
+
+
+def _noise_images(sizes: list[tuple[int, int]], seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+
+
+def test_batched_greedy_answers_equal_one_image_at_a_time_under_left_padding(tiny) -> None:
+    model, processor = tiny
+    # Different sizes -> different numbers of image tokens -> rows of a batch are left-padded.
+    images = _noise_images([(224, 168), (112, 84), (168, 224), (56, 56), (224, 168), (140, 112)])
+    lengths = {
+        processor(text=[prompt_text(processor, PROMPT)], images=[image], return_tensors="pt")[
+            "input_ids"
+        ].shape[1]
+        for image in images
+    }
+    assert len(lengths) >= 4, "the images must give prompts of different lengths"
+
+    batched = generate_answers(
+        model, processor, images, PROMPT, batch_size=6, max_new_tokens=12, min_new_tokens=12
+    )
+    in_pairs = generate_answers(
+        model, processor, images, PROMPT, batch_size=4, max_new_tokens=12, min_new_tokens=12
+    )
+    single = generate_answers(
+        model, processor, images, PROMPT, batch_size=1, max_new_tokens=12, min_new_tokens=12
+    )
+
+    assert batched == single == in_pairs
+    assert all(answer for answer in single), "min_new_tokens forces a non-empty answer"
+
+
+def test_generation_rejects_an_empty_batch_size(tiny) -> None:
+    model, processor = tiny
+    with pytest.raises(ValueError, match="batch_size=0"):
+        generate_answers(model, processor, _noise_images([(56, 56)]), PROMPT, batch_size=0)
+
+
+def test_lazy_images_decode_only_what_is_asked() -> None:
+    loaded: list[int] = []
+
+    def load(item: int) -> Image.Image:
+        loaded.append(item)
+        return Image.new("RGB", (4, 4))
+
+    images = LazyImages(list(range(10)), load)
+    assert len(images) == 10 and loaded == []
+    assert len(images[3:6]) == 3 and loaded == [3, 4, 5]
+    images[9]
+    assert loaded == [3, 4, 5, 9]
+
+
+def _record(tmp_path: Path, *, with_mask: bool) -> dict:
+    """A 600x450 record whose lesion is the rectangle x 100..299, y 50..199 (exclusive ends 300, 200)."""
+    mask = np.zeros((450, 600), dtype=np.uint8)
+    mask[50:200, 100:300] = 255
+    mask_path = tmp_path / "ISIC_0000001_segmentation.png"
+    cv2.imwrite(str(mask_path), mask)
+    return {
+        "image_id": "ISIC_0000001",
+        "lesion_id": "HAM_0000001",
+        "dx": "mel",
+        "image_width": 600,
+        "image_height": 450,
+        "bbox": [100, 50, 300, 200],
+        "location": "top-left",
+        "mask_available": with_mask,
+        "mask_path_abs": str(mask_path) if with_mask else None,
+        "sex": "female",
+        "age": 55.0,
+        "localization": "back",
+    }
+
+
+def test_prediction_record_maps_the_box_to_original_pixels_and_scores_the_mask(tmp_path: Path) -> None:
+    record = _record(tmp_path, with_mask=True)
+    model_size = BUILDER.model_size(record)
+    assert model_size == (224, 168)
+    box = box_to_model_space([100, 50, 300, 200], (600, 450), model_size)
+    completion = json.dumps({"diagnosis": "mel", "location": "top-left", "bbox_2d": box})
+
+    prediction = prediction_record(record, completion, BUILDER)
+
+    assert prediction["dx_pred"] == "mel" and prediction["parse_ok"] is True
+    assert prediction["location_pred"] == prediction["location_true"] == "top-left"
+    # Model-space rounding moves each edge by at most half a model pixel (600/224 = 2.7 original px).
+    assert np.allclose(prediction["bbox_pred"], [100, 50, 300, 200], atol=600 / 224)
+    assert prediction["iou"] > 0.95
+    assert prediction["mask_iou"] > 0.95  # the box is the whole (rectangular) mask, in model space
+    assert prediction["bbox_true"] == [100, 50, 300, 200]
+    assert prediction["polygon_pred"] is None
+
+
+def test_prediction_record_of_a_wrong_box_has_low_mask_iou_and_none_without_a_mask(tmp_path: Path) -> None:
+    completion = json.dumps({"diagnosis": "nv", "bbox_2d": [150, 120, 220, 165]})
+    with_mask = prediction_record(_record(tmp_path, with_mask=True), completion, BUILDER)
+    without_mask = prediction_record(_record(tmp_path, with_mask=False), completion, BUILDER)
+    assert with_mask["mask_iou"] == 0.0 and with_mask["iou"] == 0.0
+    assert without_mask["mask_iou"] is None
+    assert without_mask["dx_pred"] == "nv" and without_mask["dx_true"] == "mel"
+
+
+def test_unparsable_output_is_a_record_with_nothing_predicted(tmp_path: Path) -> None:
+    prediction = prediction_record(_record(tmp_path, with_mask=True), "I am not sure.", BUILDER)
+    assert prediction["parse_ok"] is False
+    assert prediction["dx_pred"] is None and prediction["bbox_pred"] is None
+    assert prediction["iou"] == 0.0 and prediction["mask_iou"] == 0.0
+
+
+def test_answer_polygon_is_mapped_back_to_original_pixels() -> None:
+    model_size = model_input_size(600, 450, min_pixels=3136, max_pixels=40_000)
+    parsed = parse_answer(json.dumps({"diagnosis": "bcc", "polygon": [[0, 0], [224, 0], [112, 168]]}))
+    bbox, polygon = answer_in_original_space(parsed, model_size, (600, 450))
+    assert bbox is None
+    assert polygon == [[0.0, 0.0], [600.0, 0.0], [300.0, 450.0]]
