@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (synthetic HAM10000 + tiny Qwen2.5-VL, CPU, no downloads):
-# set-up, Stage 1 SFT, Stage 2 GRPO from it; prints run folders and key metrics.
-#   bash scripts/demo.sh                 # extra arguments go to both stages, e.g. logger=none
+# set-up, synthesize -> annotate -> Stage 1 SFT -> Stage 2 GRPO -> evaluate both on the held-out test split,
+# ending with one table (majority baseline, after SFT, after GRPO).
+#   bash scripts/demo.sh                 # extra arguments go to both training stages, e.g. logger=none
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,7 +10,21 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export WANDB_MODE="${WANDB_MODE:-offline}" TOKENIZERS_PARALLELISM=false
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 PY=.venv/bin/python
-echo "== Stage 1: SFT =="
-$PY -m skinderm.train stage=sft "$@"
-echo "== Stage 2: GRPO (from the SFT run above) =="
-$PY -m skinderm.train stage=grpo stage.init_from=latest "$@"
+TAG="demo_$(date +%Y-%m-%d_%H-%M-%S)"
+SFT="outputs/sft/runs/$TAG" GRPO="outputs/grpo/runs/$TAG"
+EVAL_SFT="outputs/evaluate/runs/${TAG}_sft" EVAL_GRPO="outputs/evaluate/runs/${TAG}_grpo"
+
+echo "== 1. synthetic HAM10000 (cached) and its annotation from the masks =="
+$PY -m skinderm.synthesize "hydra.run.dir=outputs/synthesize/runs/$TAG"
+DATA="$($PY -m skinderm.synthesize --cfg job --resolve 2>/dev/null | sed -n 's/^out: //p')"
+$PY -m skinderm.annotate dataset=synthetic "dataset.root=$DATA" "hydra.run.dir=outputs/annotate/runs/$TAG"
+echo "== 2. Stage 1: SFT =="
+$PY -m skinderm.train stage=sft "hydra.run.dir=$SFT" "$@"
+echo "== 3. Stage 2: GRPO from that SFT run =="
+$PY -m skinderm.train stage=grpo "stage.init_from=$SFT" "hydra.run.dir=$GRPO" "$@"
+echo "== 4. Evaluation on the held-out test split =="
+$PY -m skinderm.evaluate "run=$SFT" split=test logger=none "hydra.run.dir=$EVAL_SFT"
+$PY -m skinderm.evaluate "run=$GRPO" split=test logger=none "hydra.run.dir=$EVAL_GRPO"
+echo "== Results (test split; [95% CI] resampled by lesion) =="
+$PY scripts/pipeline_table.py "$EVAL_SFT" "$EVAL_GRPO"
+echo "runs: $SFT $GRPO; evaluations: $EVAL_SFT $EVAL_GRPO"
