@@ -12,7 +12,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from skinderm.data.annotation import annotate_dataset
+from skinderm.config import user_errors_as_messages
+from skinderm.data.annotation import annotate_dataset, format_data_summary
 from skinderm.data.classes import CLASS_CODES
 
 
@@ -23,17 +24,15 @@ def main(cfg: DictConfig) -> None:
             "dataset.root is required: python -m skinderm.annotate dataset.root=/path/to/HAM10000"
         )
     out_dir = cfg.annotate.out_dir or cfg.dataset.get("annotations_dir") or None
-    records = annotate_dataset(
-        cfg.dataset.root, out_dir=out_dir, workers=cfg.annotate.workers, on_error=cfg.dataset.on_error
-    )
+    with user_errors_as_messages():
+        records = annotate_dataset(
+            cfg.dataset.root, out_dir=out_dir, workers=cfg.annotate.workers, on_error=cfg.dataset.on_error
+        )
     attrs = records.attrs
     per_class = records["dx"].value_counts()
     print(f"Annotations: {attrs['json_path']} and {attrs['csv_path']}")
-    print(
-        f"Images: {len(records)} annotated, {int(records['mask_available'].sum())} with a lesion mask, "
-        f"{attrs['masks_missing']} without a mask file, {attrs['masks_empty']} with an empty mask, "
-        f"{len(attrs['missing_images'])} listed but missing, {len(attrs['skipped'])} skipped (bad files)"
-    )
+    print(f"Images: {len(records)} annotated, {int(records['mask_available'].sum())} with a lesion mask")
+    print(format_data_summary(attrs))
     print("Per class: " + ", ".join(f"{dx} {int(per_class.get(dx, 0))}" for dx in CLASS_CODES))
 
 

@@ -28,6 +28,7 @@ class ConfigError(ValueError):
 
 # Errors our code raises for things a user can fix (bad paths, data or settings). Their messages name the
 # file or key and the fix, so the command line shows that one line instead of a traceback.
+# (skinderm.data.errors.DataError is a ValueError.)
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,

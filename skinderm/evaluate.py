@@ -11,12 +11,10 @@ Writes predictions.jsonl, metrics.json and plots/ into outputs/evaluate/runs/<ti
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from skinderm.config import ConfigError
+from skinderm.config import user_errors_as_messages
 
 
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="evaluate")
@@ -24,12 +22,9 @@ def main(cfg: DictConfig) -> float | None:
     from skinderm.evaluation.report import format_table
     from skinderm.evaluation.runner import run_evaluation, validate_evaluate_config
 
-    try:
+    with user_errors_as_messages(cfg):
         validate_evaluate_config(cfg)
         metrics = run_evaluation(cfg)
-    except (ConfigError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     context = metrics["evaluation"]
     who = context["run"] or f"{context['model']} zero-shot"
     title = f"{who} on {context['dataset']}/{context['split']}"

@@ -11,25 +11,21 @@ A missing or unreadable image is a one-line error with exit code 2.
 from __future__ import annotations
 
 import json
-import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from skinderm.config import ConfigError
+from skinderm.config import user_errors_as_messages
 
 
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     from skinderm.evaluation.runner import check_image, run_prediction, validate_predict_config
 
-    try:
+    with user_errors_as_messages(cfg):
         validate_predict_config(cfg)
         check_image(cfg.image)  # before the model loads: a typo in the path fails at once
         result = run_prediction(cfg)
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(json.dumps(result, indent=2))
 
 

@@ -25,12 +25,22 @@ from typing import Any, TypeVar
 import cv2
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from skinderm.data import layout
 from skinderm.data.classes import location_from_point, spatial_description
-from skinderm.data.ham10000 import OnError, index_dataset
+from skinderm.data.errors import (
+    SKIP_REASONS,
+    DataError,
+    DataFileNotFoundError,
+    SkippedItem,
+    format_counts,
+    skip_counts,
+    sort_items,
+    write_skipped_csv,
+)
+from skinderm.data.ham10000 import OnError, check_on_error, index_dataset
+from skinderm.data.images import read_image_size
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +176,11 @@ def read_mask(path: str | Path) -> np.ndarray:
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         if not Path(path).is_file():
-            raise FileNotFoundError(f"Mask file {path} does not exist.")
-        raise ValueError(f"Mask file {path} cannot be decoded (corrupt or not an image): re-extract it.")
+            raise DataFileNotFoundError(f"Mask file {path} does not exist.")
+        raise DataError(
+            f"Mask file {path} cannot be decoded (corrupt or not an image): re-extract it.",
+            reason="mask_unreadable",
+        )
     return mask
 
 
@@ -217,29 +230,46 @@ def _spawn_can_import_main() -> bool:
     return main_file is None or Path(main_file).is_file()
 
 
-def _annotate_item(item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | None, str | None]:
-    """(image size + mask geometry, None) or (None, error message) for one image."""
+Problem = tuple[str, str, str]  # (reason, file, one-line message)
+
+
+def _annotate_item(item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | None, Problem | None]:
+    """(image size + mask geometry, None) or (None, problem) for one image.
+
+    The image is checked, not decoded (header + end marker: `read_image_size`). Besides the record
+    fields the result carries `_nonbinary` (mask values other than 0 and 255, thresholded at > 127)
+    and `_faint` (nonzero mask pixels, none above 127: most likely a 0/1 mask).
+    """
     _, image_path, mask_path = item
     try:
-        with Image.open(image_path) as image:  # lazy: reads the header only
-            width, height = image.size
-    except (OSError, UnidentifiedImageError) as error:
-        return None, f"Image file {image_path} cannot be read ({error}); re-extract it."
-    result: dict[str, Any] = {"image_width": width, "image_height": height}
+        width, height = read_image_size(image_path)
+    except DataError as error:
+        return None, (error.reason or "image_unreadable", image_path, str(error))
+    result: dict[str, Any] = {
+        "image_width": width,
+        "image_height": height,
+        "_nonbinary": False,
+        "_faint": False,
+    }
     if mask_path is None:
         result.update(mask_available=False, **EMPTY_GEOMETRY.as_dict())
         result["n_components"] = None
         return result, None
     try:
         mask = read_mask(mask_path)
-    except (FileNotFoundError, ValueError) as error:
-        return None, str(error)
+    except DataError as error:  # a mask listed a moment ago that vanished counts as unreadable
+        return None, ("mask_unreadable", mask_path, str(error))
     if mask.shape != (height, width):
+        rotated = " (rotated?)" if mask.shape == (width, height) else ""
         return None, (
-            f"Mask file {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
-            f"{width}x{height}; masks must have their image's size (re-extract the segmentation archive)."
+            "mask_size_mismatch",
+            mask_path,
+            f"Mask file {mask_path} is {mask.shape[1]}x{mask.shape[0]}{rotated} but its image {image_path} "
+            f"is {width}x{height}; masks must have their image's size (re-extract the segmentation archive).",
         )
     geometry = annotate_mask(mask)
+    result["_nonbinary"] = cv2.countNonZero(cv2.inRange(mask, 1, 254)) > 0
+    result["_faint"] = geometry.n_components == 0 and cv2.countNonZero(mask) > 0
     result.update(mask_available=geometry.n_components > 0, **geometry.as_dict())
     return result, None
 
@@ -259,11 +289,16 @@ def annotate_dataset(
 ) -> pd.DataFrame:
     """Annotate every metadata image of the HAM10000 folder `root`; write json + csv into `out_dir`.
 
-    Returns the records as a DataFrame (columns `RECORD_COLUMNS`). What was left out is reported in
-    `df.attrs`: `missing_images` (ids without an image file), `skipped` ([image_id, reason] for
-    unreadable images or bad masks, with on_error="skip"), `masks_missing` (count), `masks_empty`
-    (count), `json_path`, `csv_path`. The files are byte-identical whatever `workers` is.
+    Returns the records as a DataFrame (columns `RECORD_COLUMNS`). A bad metadata row, a missing,
+    unreadable or truncated image, an undecodable mask or one of another size than its image raises a
+    `DataError` naming the file (and metadata line) or, with on_error="skip", is left out, counted and
+    listed in `skipped.csv` beside the json. A missing or empty mask is no error: the image keeps its
+    diagnosis without geometry. Non-binary masks are thresholded (> 127) and counted. No usable image
+    at all is always an error. What happened is in `df.attrs` (keys: `ATTRS_KEYS`, see
+    `annotation_attrs`) and in `ANNOTATIONS_SUMMARY_JSON`. The files are byte-identical whatever
+    `workers` is.
     """
+    on_error = check_on_error(on_error)
     root = Path(root)
     out_dir = root if out_dir is None else Path(out_dir)
     index = index_dataset(root, on_error=on_error)
@@ -280,47 +315,141 @@ def annotate_dataset(
         workers = min(default_workers(), max(1, len(items) // _AUTO_WORKER_MIN_ITEMS))
     results = parallel_map(_annotate_item, items, workers=workers, desc="annotate", unit="img")
 
+    problems = [
+        (image_id, problem) for (image_id, _, _), (_, problem) in zip(items, results, strict=True) if problem
+    ]
+    if problems and on_error == "raise":
+        image_id, (reason, _, message) = problems[0]
+        raise DataError(
+            f"{message} [metadata line {index.lines[image_id]}; {len(problems)} unusable image(s) in all: "
+            "set dataset.on_error=skip to leave them out and list them in skipped.csv]",
+            reason=reason,
+        )
+    skipped = list(index.skipped)
     records: list[dict[str, Any]] = []
-    skipped: list[list[str]] = []
-    for row, (image_id, image_path, mask_path), (result, error) in zip(
+    nonbinary: list[str] = []
+    faint: list[str] = []
+    for row, (image_id, image_path, mask_path), (result, problem) in zip(
         metadata.itertuples(index=False), items, results, strict=True
     ):
-        if error is not None:
-            if on_error == "raise":
-                raise ValueError(error + " (or set dataset.on_error=skip to leave such images out)")
-            skipped.append([image_id, error])
+        if problem is not None:
+            reason, file, message = problem
+            skipped.append(SkippedItem(image_id, file, reason, index.lines[image_id], message))
             continue
+        if result.pop("_nonbinary"):
+            nonbinary.append(image_id)
+        if result.pop("_faint"):
+            faint.append(image_id)
         record: dict[str, Any] = {"image_id": image_id}
         record.update({name: _plain(getattr(row, name)) for name in _METADATA_FIELDS})
         record["image_path"] = Path(image_path).relative_to(root).as_posix()
         record["mask_path"] = None if mask_path is None else Path(mask_path).relative_to(root).as_posix()
         record.update(result)
         records.append({name: record[name] for name in RECORD_COLUMNS})
-    if skipped:
+    skipped = sort_items(skipped)
+    if nonbinary:
         log.warning(
-            "Skipped %d images with unreadable files or bad masks, first: %s", len(skipped), skipped[0]
-        )
+            "%d masks hold values other than 0 and 255 (first: %s); thresholded at > 127",
+            len(nonbinary), nonbinary[:5],
+        )  # fmt: skip
+    if faint:
+        log.warning(
+            "%d masks have nonzero pixels but none above 127 (0/1 masks? first: %s); they count as empty: "
+            "rescale them to 0/255",
+            len(faint), faint[:5],
+        )  # fmt: skip
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+    skipped_csv = write_skipped_csv(skipped, out_dir)
+    if not records:
+        counts = format_counts(skip_counts(skipped))
+        raise DataError(
+            f"No usable images left in {root}: all {index.n_listed} rows of {index.metadata_path.name} "
+            f"were skipped ({counts}); each is listed in {skipped_csv}. Fix those files "
+            "(docs/data.md, Troubleshooting: data)."
+        )
+    summary = {
+        "on_error": on_error,
+        "images_listed": index.n_listed,
+        "images_used": len(records),
+        "skip_counts": skip_counts(skipped),
+        "masks_missing": sum(1 for r in records if r["mask_path"] is None),
+        "masks_empty": sum(1 for r in records if r["mask_path"] is not None and not r["mask_available"]),
+        "masks_nonbinary": len(nonbinary),
+    }
     frame = records_to_frame(records)
     json_path = out_dir / layout.ANNOTATIONS_JSON
     csv_path = out_dir / layout.ANNOTATIONS_CSV
-    layout.atomic_write_text(json_path, _records_json(records))
+    layout.atomic_write_text(out_dir / layout.ANNOTATIONS_SUMMARY_JSON, json.dumps(summary, indent=1) + "\n")
     layout.atomic_write_text(csv_path, _records_csv(frame))
-    masks_missing = sum(1 for r in records if r["mask_path"] is None)
-    masks_empty = sum(1 for r in records if r["mask_path"] is not None and not r["mask_available"])
-    frame.attrs.update(
-        missing_images=list(index.missing_images),
-        skipped=skipped,
-        masks_missing=masks_missing,
-        masks_empty=masks_empty,
-        json_path=str(json_path),
-        csv_path=str(csv_path),
-    )
-    log.info(
-        "Annotated %d images of %s -> %s (%d without mask file, %d empty masks, %d skipped, %d no image)",
-        len(records), root, json_path, masks_missing, masks_empty, len(skipped), len(index.missing_images),
-    )  # fmt: skip
+    layout.atomic_write_text(json_path, _records_json(records))  # last: its mtime marks a complete run
+    frame.attrs.update(annotation_attrs(summary, skipped, out_dir))
+    log.info("Annotated %s -> %s: %s", root, json_path, format_data_summary(frame.attrs))
     return frame
+
+
+# df.attrs keys set by `annotate_dataset` and `prepare_dataset` (fresh or reused annotations alike).
+ATTRS_KEYS: tuple[str, ...] = (
+    "json_path", "csv_path", "skipped_csv", "missing_images", "skipped", "skip_counts",
+    "masks_missing", "masks_empty", "masks_nonbinary", "data_summary",
+)  # fmt: skip
+
+
+def annotation_attrs(
+    summary: dict[str, Any], skipped: Sequence[SkippedItem], out_dir: Path
+) -> dict[str, Any]:
+    """What a records frame carries in `attrs` about its annotation run (see `ATTRS_KEYS`).
+
+    `data_summary` is flat (str -> int) for metrics files: images_listed, images_used, skipped_total,
+    skipped_<reason> for every reason of `SKIP_REASONS`, masks_missing, masks_empty, masks_nonbinary.
+    """
+    counts = {reason: int(summary["skip_counts"].get(reason, 0)) for reason in SKIP_REASONS}
+    skipped_csv = out_dir / layout.SKIPPED_CSV
+    data_summary = {
+        "images_listed": int(summary["images_listed"]),
+        "images_used": int(summary["images_used"]),
+        "skipped_total": sum(counts.values()),
+        **{f"skipped_{reason}": count for reason, count in counts.items()},
+        "masks_missing": int(summary["masks_missing"]),
+        "masks_empty": int(summary["masks_empty"]),
+        "masks_nonbinary": int(summary["masks_nonbinary"]),
+    }
+    return {
+        "json_path": str(out_dir / layout.ANNOTATIONS_JSON),
+        "csv_path": str(out_dir / layout.ANNOTATIONS_CSV),
+        "skipped_csv": str(skipped_csv) if skipped else None,
+        "missing_images": [item.image_id for item in skipped if item.reason == "image_missing"],
+        "skipped": [[item.image_id, item.detail] for item in skipped if item.reason != "image_missing"],
+        "skip_counts": counts,
+        "masks_missing": data_summary["masks_missing"],
+        "masks_empty": data_summary["masks_empty"],
+        "masks_nonbinary": data_summary["masks_nonbinary"],
+        "data_summary": data_summary,
+    }
+
+
+def format_data_summary(attrs: dict[str, Any]) -> str:
+    """One line for logs: images used of listed, skips per reason (and where they are listed), masks."""
+    summary = attrs["data_summary"]
+    where = f"; listed in {attrs['skipped_csv']}" if attrs.get("skipped_csv") else ""
+    return (
+        f"{summary['images_used']} of {summary['images_listed']} listed images used, "
+        f"{summary['skipped_total']} skipped ({format_counts(attrs['skip_counts'])}{where}); masks: "
+        f"{summary['masks_missing']} missing, {summary['masks_empty']} empty, "
+        f"{summary['masks_nonbinary']} non-binary (thresholded at > 127)"
+    )
+
+
+def read_annotation_summary(out_dir: str | Path) -> dict[str, Any] | None:
+    """The summary `annotate_dataset` wrote in `out_dir`, or None when absent or unreadable."""
+    path = Path(out_dir) / layout.ANNOTATIONS_SUMMARY_JSON
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    needed = {"on_error", "images_listed", "images_used", "skip_counts", "masks_missing", "masks_empty",
+              "masks_nonbinary"}  # fmt: skip
+    return summary if isinstance(summary, dict) and needed <= set(summary) else None
 
 
 def _records_json(records: Iterable[dict[str, Any]]) -> str:
@@ -355,20 +484,20 @@ def load_annotations(root_or_out_dir: str | Path) -> pd.DataFrame:
     if path.is_dir():
         path = path / layout.ANNOTATIONS_JSON
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataFileNotFoundError(
             f"No annotations at {path}: run `python -m skinderm.annotate dataset.root=<HAM10000 folder>`."
         )
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise ValueError(
+        raise DataError(
             f"Annotation file {path} is not valid JSON ({error}); delete it and re-annotate."
         ) from None
     if not isinstance(records, list) or any(not isinstance(r, dict) for r in records):
-        raise ValueError(
+        raise DataError(
             f"Annotation file {path} must hold a JSON list of records; delete it and re-annotate."
         )
     missing = sorted({c for c in RECORD_COLUMNS if records and c not in records[0]})
     if missing:
-        raise ValueError(f"Annotation file {path} lacks columns {missing}; delete it and re-annotate.")
+        raise DataError(f"Annotation file {path} lacks columns {missing}; delete it and re-annotate.")
     return records_to_frame(records)

@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from skinderm.data.errors import DataError, DataFileNotFoundError
+
 try:  # POSIX only; elsewhere the lock is a no-op (single-process use).
     import fcntl
 except ImportError:  # pragma: no cover
@@ -57,6 +59,10 @@ ANNOTATIONS_JSON = "ham10000_with_spatial_data.json"
 ANNOTATIONS_CSV = "ham10000_with_spatial_data.csv"
 SPLITS_CSV = "splits.csv"
 SPLITS_PARAMS_JSON = "splits.params.json"
+# Counts of the last annotation (skips per reason, mask counts, on_error): what a reuse reports.
+ANNOTATIONS_SUMMARY_JSON = "ham10000_with_spatial_data.summary.json"
+# Every image left out under dataset.on_error=skip: image_id, file, reason, line, detail.
+SKIPPED_CSV = "skipped.csv"
 # Written by the synthetic generator only.
 SYNTHETIC_GROUND_TRUTH_CSV = "synthetic_ground_truth.csv"
 COMPLETE_MARKER = ".complete"
@@ -74,7 +80,9 @@ def find_metadata_file(root: str | Path) -> Path:
     """The metadata file under `root` (exact names first, then any letter case)."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"HAM10000 folder {root} does not exist (set dataset.root to the download).")
+        raise DataFileNotFoundError(
+            f"HAM10000 folder {root} does not exist (set dataset.root to the download)."
+        )
     for name in METADATA_FILENAMES:
         if (root / name).is_file():
             return root / name
@@ -82,7 +90,7 @@ def find_metadata_file(root: str | Path) -> Path:
     for entry in sorted(root.iterdir()):
         if entry.is_file() and entry.name.lower() in wanted:
             return entry
-    raise FileNotFoundError(
+    raise DataFileNotFoundError(
         f"No HAM10000 metadata in {root}: expected one of {', '.join(METADATA_FILENAMES)} "
         "(download it from Harvard Dataverse doi:10.7910/DVN/DBW86T or Kaggle)."
     )
@@ -91,10 +99,16 @@ def find_metadata_file(root: str | Path) -> Path:
 def sniff_delimiter(path: str | Path) -> str:
     """Comma, tab or semicolon, read from the header line (file names lie about their format)."""
     path = Path(path)
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        header = handle.readline()
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = handle.readline()
+    except UnicodeDecodeError:
+        raise DataError(
+            f"Metadata file {path} is not UTF-8 text (a spreadsheet export in another encoding?): "
+            "save it as CSV UTF-8 or re-download HAM10000_metadata."
+        ) from None
     if not header.strip():
-        raise ValueError(f"Metadata file {path} is empty: re-download HAM10000_metadata.")
+        raise DataError(f"Metadata file {path} is empty: re-download HAM10000_metadata.")
     try:
         return csv.Sniffer().sniff(header, delimiters=",\t;").delimiter
     except csv.Error:
@@ -102,7 +116,7 @@ def sniff_delimiter(path: str | Path) -> str:
         counts = {d: header.count(d) for d in (",", "\t", ";")}
         best = max(counts, key=lambda d: counts[d])
         if counts[best] == 0:
-            raise ValueError(
+            raise DataError(
                 f"Cannot tell the delimiter of {path}: its header {header.strip()[:80]!r} has no comma, "
                 "tab or semicolon. Is this the HAM10000 metadata file?"
             ) from None

@@ -8,6 +8,7 @@ about 1% each) present in every split, which balanced accuracy needs.
 from __future__ import annotations
 
 import logging
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +38,7 @@ def make_splits(
     for name in ("image_id", "lesion_id", "dx"):
         if name not in df.columns:
             raise ValueError(f"make_splits needs column {name!r}; got {list(df.columns)}.")
-    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise ValueError(
-            f"Split fractions must be >= 0 and leave room for training: val_fraction={val_fraction}, "
-            f"test_fraction={test_fraction}."
-        )
+    _check_fractions(val_fraction, test_fraction)
     fractions = {"train": 1.0 - val_fraction - test_fraction, "val": val_fraction, "test": test_fraction}
     if df.empty:
         return pd.Series([], index=df.index, dtype=object, name="split")
@@ -69,6 +66,44 @@ def make_splits(
             lesion_split[str(lesion)] = name
             counts[name] += int(lesion_sizes.loc[lesion])
     return pd.Series(df["lesion_id"].map(lesion_split).to_numpy(), index=df.index, dtype=object, name="split")
+
+
+def extend_splits(
+    df: pd.DataFrame,
+    known: pd.DataFrame,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> pd.Series:
+    """Split per row of `df` (index aligned) that keeps every assignment of `known` (a `read_splits` table).
+
+    For images that were left out when the splits were made (skipped, then fixed): an image of a
+    lesion `known` already places joins that lesion's split (no leakage); a new lesion gets a split
+    drawn with the fractions from a generator seeded by (seed, lesion_id), so the result does not
+    depend on row order and no earlier image moves (models trained on the old splits stay comparable).
+    """
+    _check_fractions(val_fraction, test_fraction)
+    by_image = known.set_index("image_id")["split"]
+    by_lesion = known.drop_duplicates("lesion_id").set_index("lesion_id")["split"]
+    bounds = np.cumsum([1.0 - val_fraction - test_fraction, val_fraction])
+    splits: list[str] = []
+    for image_id, lesion_id in zip(df["image_id"], df["lesion_id"], strict=True):
+        if image_id in by_image.index:
+            splits.append(str(by_image[image_id]))
+        elif lesion_id in by_lesion.index:
+            splits.append(str(by_lesion[lesion_id]))
+        else:
+            draw = np.random.default_rng([seed, zlib.crc32(str(lesion_id).encode())]).random()
+            splits.append(SPLIT_NAMES[int(np.searchsorted(bounds, draw, side="right"))])
+    return pd.Series(splits, index=df.index, dtype=object, name="split")
+
+
+def _check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise ValueError(
+            f"Split fractions must be >= 0 and leave room for training: val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}."
+        )
 
 
 def write_splits(df: pd.DataFrame, split: pd.Series, path: str | Path) -> Path:

@@ -46,6 +46,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         metrics = recipe(cfg, run, resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         if checkpoint is not None:
             metrics["resumed_from"] = str(checkpoint)
+        metrics["data"] = data_summary(cfg)
         metrics["wall_time_s"] = round(time.perf_counter() - started, 1)
         metrics["run_dir"] = str(run.path)
         if tracker is not None:
@@ -55,6 +56,14 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     run.write_metrics(metrics)
     run.mark_finished()
     return metrics
+
+
+def data_summary(cfg: DictConfig) -> dict[str, Any] | None:
+    """What the data preparation used and skipped (counts per reason), as written beside the annotations."""
+    from skinderm.data.annotation import read_annotation_summary
+
+    folder = cfg.dataset.get("annotations_dir") or cfg.dataset.root
+    return read_annotation_summary(folder)
 
 
 def resume_checkpoint(cfg: DictConfig, run: RunFolder) -> Path | None:

@@ -110,7 +110,8 @@ def test_skip_mode_leaves_out_missing_images_and_reports_them(
     caplog.set_level("WARNING")
     records = prepare_dataset({"name": "ham10000", "root": str(root), "splits": SPLITS, "on_error": "skip"})
     assert len(records) == 69
-    assert "skipped 1 images without a file" in caplog.text
+    assert "69 of 70 listed images used, 1 skipped (image_missing 1; listed in" in caplog.text
+    assert records.attrs["data_summary"]["skipped_image_missing"] == 1
 
 
 def test_missing_root_is_explained() -> None:

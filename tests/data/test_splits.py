@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from skinderm.data.classes import CLASS_CODES, HAM10000_CLASS_COUNTS
-from skinderm.data.splits import make_splits, read_splits, split_summary, write_splits
+from skinderm.data.splits import extend_splits, make_splits, read_splits, split_summary, write_splits
 
 
 def _ham_like(n_lesions: int = 1500, seed: int = 0) -> pd.DataFrame:
@@ -103,3 +103,18 @@ def test_summary_counts_images_per_class_and_split() -> None:
     summary = split_summary(frame, make_splits(frame))
     assert summary.loc["All", "All"] == len(frame)
     assert list(summary.columns) == ["train", "val", "test", "All"]
+
+
+def test_extending_splits_keeps_every_earlier_assignment_and_never_splits_a_lesion() -> None:
+    frame = _ham_like(n_lesions=600)
+    held_back = frame.iloc[:80]  # e.g. skipped as unreadable when the splits were made, fixed since
+    first = frame.iloc[80:]
+    known = first[["image_id", "lesion_id", "dx"]].assign(split=make_splits(first).to_numpy())
+    split = extend_splits(frame, known)
+    assert split.index.equals(frame.index)
+    assert split.loc[first.index].tolist() == known["split"].tolist()
+    assert (frame.assign(split=split).groupby("lesion_id")["split"].nunique() == 1).all()
+    new_lesions = held_back[~held_back["lesion_id"].isin(known["lesion_id"])]
+    assert len(new_lesions) > 20 and set(split.loc[new_lesions.index]) <= {"train", "val", "test"}
+    reordered = frame.iloc[::-1]
+    assert extend_splits(reordered, known).loc[frame.index].equals(split)  # row order does not matter
