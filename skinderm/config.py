@@ -141,6 +141,7 @@ class CommonStageSchema:
 @dataclass
 class SFTStageSchema(CommonStageSchema):
     class_balanced_sampling: bool = MISSING
+    lr_multipliers: dict[str, float] | None = None
     eval_steps: int = MISSING
     eval_max_samples: int | None = None
     max_length: int | None = None
