@@ -202,6 +202,10 @@ class HardwareSchema:
     dataloader_num_workers: int = MISSING
     # The accelerate config this option is meant to be launched with (documentation + `scripts/launch.sh`).
     accelerate_config: str | None = None
+    # DDP: false skips the per-step search for unused parameters (transformers' default is true for LoRA).
+    ddp_find_unused_parameters: bool | None = None
+    # Write <run>/data_shards/rank<k>.txt: the image_ids each rank's training dataloader collated.
+    record_shards: bool = False
 
 
 @dataclass

@@ -104,6 +104,7 @@ def trainer_arguments(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
         "use_cpu": bool(cfg.hardware.use_cpu),
         "activation_checkpointing": bool(cfg.hardware.gradient_checkpointing),
         "dataloader_num_workers": int(cfg.hardware.dataloader_num_workers),
+        "ddp_find_unused_parameters": cfg.hardware.ddp_find_unused_parameters,
         "report_to": report_to(cfg),
         "disable_tqdm": False,
         **precision_flags(cfg),

@@ -32,6 +32,7 @@ from skinderm.training.run import (
     to_plain,
     write_json_atomic,
 )
+from skinderm.training.shards import SHARDS_DIR, record_data_shards
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,9 @@ class SkindermGRPOTrainer(GRPOTrainer):
                 *(float(values[row]) for values in rewards.values()),
                 float(advantages[row]),
             )
-        wandb.log({"completions": table}, step=self.state.global_step)
+        # No `step=`: TRL's own timing logs move W&B's step counter ahead of global_step, and W&B drops rows
+        # logged at an earlier step. The training step travels as a column and as train/global_step.
+        wandb.log({"completions": table, "train/global_step": self.state.global_step})
 
 
 def _message_text(messages: Any) -> str:
@@ -209,7 +212,13 @@ def reward_trends(history: Sequence[Mapping[str, Any]], names: Sequence[str]) ->
     return trends
 
 
-def run_grpo(cfg: DictConfig, run: RunFolder, *, resume_from_checkpoint: str | None = None) -> dict[str, Any]:
+def run_grpo(
+    cfg: DictConfig,
+    run: RunFolder,
+    *,
+    resume_from_checkpoint: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Train Stage 2 from a Stage 1 run and return its metrics."""
     if int(cfg.stage.per_device_train_batch_size) % int(cfg.stage.num_generations):
         raise ValueError(
@@ -258,8 +267,11 @@ def run_grpo(cfg: DictConfig, run: RunFolder, *, resume_from_checkpoint: str | N
         train_dataset=train_dataset,
         processing_class=processor,
         peft_config=peft_config,
+        callbacks=list(callbacks),
         completion_samples=int(cfg.logger.get("log_completions", 0)) if cfg.logger.name == "wandb" else 0,
     )
+    if cfg.hardware.record_shards:
+        record_data_shards(trainer, run.path / SHARDS_DIR)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model(str(run.model_dir))
     if trainer.is_world_process_zero():

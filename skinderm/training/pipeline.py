@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,12 @@ def _recipe(stage_name: str) -> Callable[..., dict[str, Any]]:
     raise ValueError(f"stage.name={stage_name!r}: unknown stage; use stage=sft or stage=grpo")
 
 
-def run_training(cfg: DictConfig) -> dict[str, Any]:
-    """Run the configured stage end to end and return its metrics (also in <run>/metrics.json)."""
+def run_training(cfg: DictConfig, *, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Run the configured stage end to end and return its metrics (also in <run>/metrics.json).
+
+    `callbacks`: extra transformers TrainerCallbacks for the stage's trainer (scripts/gpu_check.py times
+    steps with one).
+    """
     from transformers import set_seed
 
     from skinderm.training.common import configure_torch
@@ -43,7 +47,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     recipe = _recipe(cfg.stage.name)
     started = time.perf_counter()
     with tracking_run(cfg, run.path, job_type=cfg.stage.name) as tracker:
-        metrics = recipe(cfg, run, resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        metrics = recipe(
+            cfg, run, resume_from_checkpoint=str(checkpoint) if checkpoint else None, callbacks=callbacks
+        )
         if checkpoint is not None:
             metrics["resumed_from"] = str(checkpoint)
         metrics["data"] = data_summary(cfg)
