@@ -461,8 +461,41 @@ def _build_metadata(
     return metadata, image_lesion, lesion_dx
 
 
+def _metadata_for(
+    rng: np.random.Generator,
+    num_images: int,
+    class_counts: Mapping[str, float] | None,
+    max_images_per_lesion: int,
+) -> tuple[pd.DataFrame, list[int], list[str]]:
+    """The generator's first draws: metadata, image -> lesion, lesion dx (also `synthetic_metadata`'s)."""
+    counts = _resolve_class_counts(num_images, class_counts)
+    return _build_metadata(rng, counts, max_images_per_lesion)
+
+
 # ---------------------------------------------------------------------------------------------
 # Public API
+
+
+def synthetic_metadata(
+    *,
+    num_images: int,
+    seed: int,
+    class_counts: Mapping[str, float] | None = None,
+    max_images_per_lesion: int = 3,
+    **drawing_params: Any,
+) -> pd.DataFrame:
+    """The HAM10000_metadata rows `generate_synthetic_ham10000` would write, without drawing an image.
+
+    Why: class counts and lesion grouping decide the split sizes (e.g. whether every class has 30 test
+    images); this answers that in milliseconds. Drawing parameters are accepted and ignored.
+    """
+    _normalise_params(
+        num_images=num_images, seed=seed, class_counts=class_counts,
+        max_images_per_lesion=max_images_per_lesion, **drawing_params,
+    )  # fmt: skip
+    rng = np.random.default_rng(seed)
+    metadata, _, _ = _metadata_for(rng, num_images, class_counts, max_images_per_lesion)
+    return metadata.sort_values(["lesion_id", "image_id"]).reset_index(drop=True)
 
 
 def generate_synthetic_ham10000(
@@ -491,9 +524,8 @@ def generate_synthetic_ham10000(
     _clear_previous_output(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    counts = _resolve_class_counts(num_images, class_counts)
     rng = np.random.default_rng(seed)
-    metadata, image_lesion, lesion_dx = _build_metadata(rng, counts, max_images_per_lesion)
+    metadata, image_lesion, lesion_dx = _metadata_for(rng, num_images, class_counts, max_images_per_lesion)
     n_lesions = len(lesion_dx)
     n_images = len(metadata)
     n_satellite = round(multi_component_fraction * n_images)

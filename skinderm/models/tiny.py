@@ -154,8 +154,14 @@ def tiny_config(
     vision_num_heads: int,
     vision_intermediate_size: int,
     vocab_size: int,
+    rope_theta: float = 1e6,
 ):
-    """A Qwen2_5_VLConfig of the given shape whose token ids are the tiny tokenizer's."""
+    """A Qwen2_5_VLConfig of the given shape whose token ids are the tiny tokenizer's.
+
+    `rope_theta` is Qwen's 1e6 by default. With a small head dim, M-RoPE gives height and width the
+    lowest frequencies, which at 1e6 barely turn over an image grid of a few tokens: the language model
+    then cannot tell where an image token is. A small theta (e.g. 10) makes location learnable.
+    """
     from transformers import Qwen2_5_VLConfig
 
     if text_hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
@@ -171,6 +177,8 @@ def tiny_config(
             f"model.tiny: vision_hidden_size ({vision_hidden_size}) / vision_num_heads ({vision_num_heads}) "
             "must be a multiple of 4 (2-D rotary embedding)"
         )
+    if rope_theta <= 1:
+        raise ValueError(f"model.tiny.rope_theta={rope_theta} must be > 1")
     if len(tokenizer) > vocab_size:
         raise ValueError(
             f"model.tiny.vocab_size={vocab_size} is smaller than the tokenizer ({len(tokenizer)})"
@@ -188,7 +196,7 @@ def tiny_config(
         "rms_norm_eps": 1e-6,
         "rope_parameters": {
             "rope_type": "default",
-            "rope_theta": 1e6,
+            "rope_theta": float(rope_theta),
             "mrope_section": mrope_section(head_dim),
         },
         "bos_token_id": ids[ENDOFTEXT],
@@ -233,6 +241,7 @@ def build_tiny_qwen2_5_vl(
     vision_num_heads: int = 2,
     vision_intermediate_size: int = 128,
     vocab_size: int = 1024,
+    rope_theta: float = 1e6,
     min_pixels: int = DEFAULT_MIN_PIXELS,
     max_pixels: int = TINY_MAX_PIXELS,
 ) -> Path:
@@ -263,6 +272,7 @@ def build_tiny_qwen2_5_vl(
         vision_num_heads=vision_num_heads,
         vision_intermediate_size=vision_intermediate_size,
         vocab_size=vocab_size,
+        rope_theta=rope_theta,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,7 +23,9 @@ from skinderm.training.common import (
     trainer_arguments,
 )
 from skinderm.training.evaluate_after import evaluate_on_split
+from skinderm.training.optim import build_optimizer
 from skinderm.training.run import RunFolder, to_plain
+from skinderm.training.shards import SHARDS_DIR, record_data_shards
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,28 @@ def class_balanced_weights(labels: Sequence[str]) -> torch.Tensor:
     return torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
 
 
-class ClassBalancedSFTTrainer(SFTTrainer):
+class ModuleLRSFTTrainer(SFTTrainer):
+    """SFTTrainer whose AdamW gives each module family its own learning rate (`stage.lr_multipliers`).
+
+    Built in `create_optimizer`, i.e. after any PEFT wrapping, so adapters are covered too.
+    """
+
+    def __init__(self, *args: Any, lr_multipliers: Mapping[str, float] | None = None, **kwargs: Any) -> None:
+        self._lr_multipliers = dict(lr_multipliers or {})
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        if self.optimizer is None and self._lr_multipliers:
+            self.optimizer = build_optimizer(
+                self.model if model is None else model,
+                learning_rate=self.args.learning_rate,
+                weight_decay=self.args.weight_decay,
+                lr_multipliers=self._lr_multipliers,
+            )
+        return super().create_optimizer(model)
+
+
+class ClassBalancedSFTTrainer(ModuleLRSFTTrainer):
     """SFTTrainer drawing training examples class-balanced (with replacement), seeded by `args.data_seed`."""
 
     def __init__(self, *args: Any, sample_labels: Sequence[str], **kwargs: Any) -> None:
@@ -48,7 +71,13 @@ class ClassBalancedSFTTrainer(SFTTrainer):
         )
 
 
-def run_sft(cfg: DictConfig, run: RunFolder, *, resume_from_checkpoint: str | None = None) -> dict[str, Any]:
+def run_sft(
+    cfg: DictConfig,
+    run: RunFolder,
+    *,
+    resume_from_checkpoint: str | None = None,
+    callbacks: Sequence[Any] = (),
+) -> dict[str, Any]:
     """Train Stage 1 and return its metrics (also written by the caller to metrics.json)."""
     splits = load_split_records(cfg)
     builder = example_builder(cfg)
@@ -62,7 +91,14 @@ def run_sft(cfg: DictConfig, run: RunFolder, *, resume_from_checkpoint: str | No
 
     train_records = splits["train"]
     eval_records = subsample(splits["val"], cfg.stage.eval_max_samples, cfg.seed)
-    train_dataset = Dataset.from_list(build_examples(train_records, builder.sft_example, "train examples"))
+    train_examples = build_examples(train_records, builder.sft_example, "train examples")
+    # image_id rides along for hardware.record_shards (TRL's collator reads only prompt/completion/images).
+    train_dataset = Dataset.from_list(
+        [
+            {**example, "image_id": record["image_id"]}
+            for example, record in zip(train_examples, train_records, strict=True)
+        ]
+    )
     eval_dataset = (
         Dataset.from_list(build_examples(eval_records, builder.sft_example, "val examples"))
         if eval_records
@@ -86,12 +122,16 @@ def run_sft(cfg: DictConfig, run: RunFolder, *, resume_from_checkpoint: str | No
         "eval_dataset": eval_dataset,
         "processing_class": processor,
         "peft_config": lora_config(cfg),
+        "lr_multipliers": to_plain(cfg.stage.get("lr_multipliers")),
+        "callbacks": list(callbacks),
     }
     if cfg.stage.class_balanced_sampling:
         trainer = ClassBalancedSFTTrainer(**trainer_kwargs, sample_labels=[r["dx"] for r in train_records])
     else:
-        trainer = SFTTrainer(**trainer_kwargs)
+        trainer = ModuleLRSFTTrainer(**trainer_kwargs)
 
+    if cfg.hardware.record_shards:
+        record_data_shards(trainer, run.path / SHARDS_DIR)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     if eval_dataset is not None:
         trainer.evaluate()

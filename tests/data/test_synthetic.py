@@ -14,12 +14,14 @@ from PIL import Image
 
 from skinderm.data import layout
 from skinderm.data.classes import CLASS_CODES, LOCATIONS
+from skinderm.data.splits import make_splits
 from skinderm.data.synthetic import (
     LOCALIZATION_WEIGHTS,
     default_class_counts,
     ensure_synthetic_dataset,
     generate_synthetic_ham10000,
     is_synthetic_dataset_current,
+    synthetic_metadata,
 )
 
 TINY = {"num_images": 24, "seed": 3, "image_width": 120, "image_height": 90}
@@ -119,6 +121,35 @@ def test_default_class_mix_follows_ham10000_with_every_class_present() -> None:
     assert sum(counts.values()) == 1500
     assert counts["nv"] == max(counts.values()) and counts["nv"] == pytest.approx(1500 * 6705 / 10015, abs=1)
     assert min(default_class_counts(20).values()) >= 1
+
+
+def test_synthetic_metadata_is_what_generation_writes(tmp_path: Path) -> None:
+    params = {**TINY, "num_images": 30, "class_counts": {"mel": 1, "df": 2}}
+    root = generate_synthetic_ham10000(tmp_path / "m", **params)
+    written = pd.read_csv(root / "HAM10000_metadata.csv")
+    predicted = synthetic_metadata(**params)
+    pd.testing.assert_frame_equal(
+        written[["image_id", "lesion_id", "dx"]], predicted[["image_id", "lesion_id", "dx"]]
+    )
+
+
+def test_embedded_default_has_30_test_images_of_every_class_and_nv_majority() -> None:
+    """conf/dataset/synthetic.yaml: the acceptance check's test split holds >= 30 images of each class."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module("skinderm.conf", version_base="1.3"):
+        cfg = compose(config_name="synthesize", overrides=["paths.root_dir=/nonexistent"])
+    GlobalHydra.instance().clear()
+    metadata = synthetic_metadata(**OmegaConf.to_container(cfg.dataset.synthetic, resolve=True))
+    split = make_splits(metadata, **OmegaConf.to_container(cfg.dataset.splits, resolve=True))
+    test_counts = metadata.loc[split == "test", "dx"].value_counts()
+    assert set(test_counts.index) == set(CLASS_CODES)
+    assert test_counts.min() >= 30
+    class_share = metadata["dx"].value_counts(normalize=True)
+    assert class_share.idxmax() == "nv" and class_share["nv"] > 0.5  # still HAM10000-like: mostly nevi
 
 
 def test_class_counts_are_weights_scaled_to_num_images(tmp_path: Path) -> None:
