@@ -18,6 +18,7 @@ from skinderm.data.classes import CLASS_NAMES
 from skinderm.evaluation.bootstrap import bootstrap_metrics
 from skinderm.evaluation.calibration import compute_calibration, has_class_probs
 from skinderm.evaluation.metrics import compute_metrics, is_missing, record_iou
+from skinderm.training.run import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +37,12 @@ def write_predictions(path: Path, predictions: Sequence[Mapping[str, Any]]) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as handle:
         for prediction in predictions:
-            handle.write(json.dumps(_json_safe(prediction), default=str) + "\n")
+            handle.write(json.dumps(json_safe(prediction), default=str) + "\n")
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
     with Path(path).open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and value != value:  # NaN
-        return None
-    if isinstance(value, Mapping):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
 
 
 def build_metrics(

@@ -129,6 +129,13 @@ def lora_config(cfg: DictConfig) -> Any | None:
     )
 
 
+def save_policy(trainer: Any, processor: Any, run: RunFolder) -> None:
+    """The trained model (or adapter) and its processor into <run>/model, loadable by evaluate and GRPO."""
+    trainer.save_model(str(run.model_dir))
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(str(run.model_dir))
+
+
 def summarise_log_history(history: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Loss curves from trainer.state.log_history: first/last values and the eval curve."""
     train = [(entry["step"], entry["loss"]) for entry in history if "loss" in entry]

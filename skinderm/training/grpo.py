@@ -21,6 +21,7 @@ from skinderm.training.common import (
     example_builder,
     load_split_records,
     lora_config,
+    save_policy,
     subsample,
     summarise_log_history,
     trainer_arguments,
@@ -273,9 +274,7 @@ def run_grpo(
     if cfg.hardware.record_shards:
         record_data_shards(trainer, run.path / SHARDS_DIR)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    trainer.save_model(str(run.model_dir))
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(str(run.model_dir))
+    save_policy(trainer, processor, run)
 
     metrics: dict[str, Any] = {
         "stage": "grpo",

@@ -46,14 +46,14 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN: write null instead so every reader can load metrics.json."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 
@@ -61,7 +61,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON through a temp file + rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(_finite(payload), handle, indent=2, default=_json_default)
+        json.dump(json_safe(payload), handle, indent=2, default=_json_default)
         handle.write("\n")
     os.replace(handle.name, path)
 

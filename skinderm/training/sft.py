@@ -18,6 +18,7 @@ from skinderm.training.common import (
     example_builder,
     load_split_records,
     lora_config,
+    save_policy,
     subsample,
     summarise_log_history,
     trainer_arguments,
@@ -136,9 +137,7 @@ def run_sft(
     if eval_dataset is not None:
         trainer.evaluate()
 
-    trainer.save_model(str(run.model_dir))
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(str(run.model_dir))
+    save_policy(trainer, processor, run)
 
     metrics: dict[str, Any] = {
         "stage": "sft",
