@@ -79,12 +79,52 @@ def test_sft_checkpoints_are_safetensors(sft_run: Path) -> None:
     assert all((c / "model.safetensors").is_file() for c in checkpoints)
 
 
-def test_sft_with_lora_saves_an_adapter(compose_train, tmp_path: Path) -> None:
-    cfg = compose_train([*FAST, "stage.max_steps=2", "model.lora.enabled=true", "eval.num_samples=0"])
-    metrics = _run(cfg, tmp_path / "lora")
-    assert (tmp_path / "lora" / "model" / "adapter_config.json").is_file()
-    assert not (tmp_path / "lora" / "model" / "model.safetensors").exists()
+@pytest.fixture(scope="module")
+def lora_sft_run(tmp_path_factory, shared_cache) -> Path:
+    """A 2-step LoRA SFT run (adapter only in model/)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    root = tmp_path_factory.mktemp("lora")
+    GlobalHydra.instance().clear()
+    with initialize_config_module("skinderm.conf", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={root}", f"paths.cache_dir={shared_cache}",
+                f"paths.data_dir={shared_cache}/data", *FAST, "stage.max_steps=2", "model.lora.enabled=true",
+                "eval.num_samples=0",
+            ],
+            return_hydra_config=True,
+        )  # fmt: skip
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    run_dir = root / "outputs" / "sft" / "runs" / "lora"
+    metrics = _run(cfg, run_dir)
     assert metrics["trainable_parameters"] > 0
+    GlobalHydra.instance().clear()
+    return run_dir
+
+
+def test_sft_with_lora_saves_an_adapter(lora_sft_run: Path) -> None:
+    assert (lora_sft_run / "model" / "adapter_config.json").is_file()
+    assert not (lora_sft_run / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("merge", [False, True])
+def test_grpo_from_a_lora_run_continues_or_merges_the_adapter(
+    compose_train, lora_sft_run: Path, tmp_path: Path, merge: bool
+) -> None:
+    cfg = compose_train(
+        [*FAST, "stage=grpo", "stage.max_steps=1", f"stage.init_from={lora_sft_run}",
+         "model.lora.enabled=true", f"stage.merge_adapter={str(merge).lower()}", "eval.num_samples=0"]
+    )  # fmt: skip
+    metrics = _run(cfg, tmp_path / "grpo")
+    assert metrics["global_step"] == 1
+    # Either way GRPO trains (and saves) a LoRA adapter: the Stage 1 one, or a fresh one on merged weights.
+    assert (tmp_path / "grpo" / "model" / "adapter_config.json").is_file()
 
 
 def test_grpo_from_latest_sft_run_records_reward_trends(compose_train, sft_run: Path, tmp_path: Path) -> None:
