@@ -151,3 +151,22 @@ def test_grpo_refuses_an_answer_format_other_than_stage1s(
     cfg = compose_train([*FAST, "stage=grpo", f"stage.init_from={sft_run}", "answer.fields=[diagnosis]"])
     with pytest.raises(ValueError, match=r"answer\.fields"):
         _run(cfg, tmp_path / "grpo_fmt")
+
+
+def test_grpo_logs_completion_tables_with_images_to_wandb(
+    compose_train, sft_run: Path, tmp_path: Path
+) -> None:
+    """TRL 1.16's own table (chat messages, image lists in cells) crashes wandb.Table; ours is plain."""
+    overrides = [o for o in FAST if o != "logger=none"]
+    cfg = compose_train(
+        [*overrides, "logger=wandb", "stage=grpo", "stage.max_steps=2", f"stage.init_from={sft_run}",
+         "eval.num_samples=0", "logger.log_completions=2"]
+    )  # fmt: skip
+    _run(cfg, tmp_path / "grpo_wandb")
+    tables = sorted(
+        (tmp_path / "grpo_wandb" / "wandb").glob("offline-run-*/files/media/table/completions_*.json")
+    )
+    assert len(tables) >= 2, "a completion table per logged step (and one with the final log)"
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][:4] == ["step", "image", "prompt", "completion"]
+    assert len(table["data"]) == 2 and all(isinstance(cell, str) for cell in table["data"][0][2:4])
