@@ -27,32 +27,44 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("skinderm_cache")
 
 
-@pytest.fixture
-def compose_train(tmp_path: Path, shared_cache: Path) -> Iterator[Callable[..., object]]:
-    """Compose conf/train.yaml like the CLI does, with outputs in tmp_path and the shared cache."""
+def compose_config(
+    root: Path, cache: Path, overrides: Sequence[str] = (), *, config_name: str = "train", output_dir: Path
+) -> object:
+    """Compose a conf/ entrypoint config like the CLI does: outputs under `root`, data/models in `cache`."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
+    GlobalHydra.instance().clear()
+    with initialize_config_module("skinderm.conf", version_base="1.3"):
+        cfg = compose(
+            config_name=config_name,
+            overrides=[
+                f"paths.root_dir={root}",
+                f"paths.cache_dir={cache}",
+                f"paths.data_dir={cache}/data",
+                *overrides,
+            ],
+            return_hydra_config=True,
+        )
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+@pytest.fixture
+def compose_train(tmp_path: Path, shared_cache: Path) -> Iterator[Callable[..., object]]:
+    """Compose conf/train.yaml (or another entrypoint config): outputs in tmp_path, the shared cache."""
+    from hydra.core.global_hydra import GlobalHydra
+
     def _compose(overrides: Sequence[str] = (), *, config_name: str = "train") -> object:
-        GlobalHydra.instance().clear()
-        with initialize_config_module("skinderm.conf", version_base="1.3"):
-            cfg = compose(
-                config_name=config_name,
-                overrides=[
-                    f"paths.root_dir={tmp_path}",
-                    f"paths.cache_dir={shared_cache}",
-                    f"paths.data_dir={shared_cache}/data",
-                    *overrides,
-                ],
-                return_hydra_config=True,
-            )
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(tmp_path / "run")
-            del cfg["hydra"]
-        return cfg
+        return compose_config(
+            tmp_path, shared_cache, overrides, config_name=config_name, output_dir=tmp_path / "run"
+        )
 
     yield _compose
     GlobalHydra.instance().clear()

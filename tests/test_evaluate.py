@@ -26,7 +26,7 @@ from skinderm.evaluation.runner import (
     run_evaluation,
     validate_evaluate_config,
 )
-from tests.conftest import SMALL_DATASET
+from tests.conftest import SMALL_DATASET, compose_config
 from tests.data.test_isic2018 import write_isic2018_test
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,36 +36,15 @@ QUICK = ("logger=none", "bootstrap.n_resamples=50", "max_new_tokens=6", "batch_s
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Path:
     """One 2-step SFT run of the tiny model (full weights) on the small synthetic set, for every test here."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
     from skinderm.training.pipeline import run_training
 
     root = tmp_path_factory.mktemp("evaluate_runs")
-    GlobalHydra.instance().clear()
-    with initialize_config_module("skinderm.conf", version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.root_dir={root}",
-                f"paths.cache_dir={shared_cache}",
-                f"paths.data_dir={shared_cache}/data",
-                *SMALL_DATASET,
-                "logger=none",
-                "stage.max_steps=2",
-                "eval.num_samples=0",
-                "answer.fields=[diagnosis,location,bbox_2d]",
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
     run_dir = root / "outputs" / "sft" / "runs" / "tiny"
-    with open_dict(cfg):
-        del cfg["hydra"]
-        cfg.paths.output_dir = str(run_dir)
-    run_training(cfg)
-    GlobalHydra.instance().clear()
+    overrides = [
+        *SMALL_DATASET, "logger=none", "stage.max_steps=2", "eval.num_samples=0",
+        "answer.fields=[diagnosis,location,bbox_2d]",
+    ]  # fmt: skip
+    run_training(compose_config(root, shared_cache, overrides, output_dir=run_dir))
     return run_dir
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf, open_dict
 
-from tests.conftest import SMALL_DATASET
+from tests.conftest import SMALL_DATASET, compose_config
 
 pytestmark = pytest.mark.slow
 
@@ -25,33 +25,16 @@ def _run(cfg, run_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, shared_cache) -> Path:
-    """One 4-step SFT run shared by the tests below (and the GRPO test, which starts from it)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    root = tmp_path_factory.mktemp("pipeline")
-    GlobalHydra.instance().clear()
-    with initialize_config_module("skinderm.conf", version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.root_dir={root}",
-                f"paths.cache_dir={shared_cache}",
-                f"paths.data_dir={shared_cache}/data",
-                *FAST,
-                "stage.max_steps=4",
-                "stage.eval_steps=2",
-                "stage.save_steps=2",
-            ],
-            return_hydra_config=True,
-        )
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    """One 4-step SFT run shared by the tests below (and the GRPO tests, which start from it)."""
+    root = tmp_path_factory.mktemp("sft_run")
     run_dir = root / "outputs" / "sft" / "runs" / "test"
+    cfg = compose_config(
+        root,
+        shared_cache,
+        [*FAST, "stage.max_steps=4", "stage.eval_steps=2", "stage.save_steps=2"],
+        output_dir=run_dir,
+    )
     _run(cfg, run_dir)
-    GlobalHydra.instance().clear()
     return run_dir
 
 
@@ -82,29 +65,15 @@ def test_sft_checkpoints_are_safetensors(sft_run: Path) -> None:
 @pytest.fixture(scope="module")
 def lora_sft_run(tmp_path_factory, shared_cache) -> Path:
     """A 2-step LoRA SFT run (adapter only in model/)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-
-    root = tmp_path_factory.mktemp("lora")
-    GlobalHydra.instance().clear()
-    with initialize_config_module("skinderm.conf", version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=[
-                f"paths.root_dir={root}", f"paths.cache_dir={shared_cache}",
-                f"paths.data_dir={shared_cache}/data", *FAST, "stage.max_steps=2", "model.lora.enabled=true",
-                "eval.num_samples=0",
-            ],
-            return_hydra_config=True,
-        )  # fmt: skip
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
+    root = tmp_path_factory.mktemp("lora_sft_run")
     run_dir = root / "outputs" / "sft" / "runs" / "lora"
-    metrics = _run(cfg, run_dir)
-    assert metrics["trainable_parameters"] > 0
-    GlobalHydra.instance().clear()
+    cfg = compose_config(
+        root,
+        shared_cache,
+        [*FAST, "stage.max_steps=2", "model.lora.enabled=true", "eval.num_samples=0"],
+        output_dir=run_dir,
+    )
+    assert _run(cfg, run_dir)["trainable_parameters"] > 0
     return run_dir
 
 
