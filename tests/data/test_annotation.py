@@ -59,6 +59,15 @@ def test_box_is_the_largest_component_with_an_exclusive_end() -> None:
     assert geometry.area_fraction == pytest.approx(1600 / (90 * 120), abs=1e-6)
 
 
+def test_equal_largest_components_go_to_the_first_in_raster_order() -> None:
+    """Not OpenCV's label order, which numbers components by 2x2 blocks: here it would pick the lower one."""
+    mask = np.zeros((4, 49), dtype=np.uint8)
+    mask[2, 47:49] = 255  # met first in raster order
+    mask[3, 44:46] = 255  # same area, one row lower but further left
+    assert annotate_mask(mask).bbox == [47, 2, 49, 3]
+    assert _geometry_by_labels((mask > 127).astype(np.uint8)).bbox == [47, 2, 49, 3]
+
+
 def test_diagonal_neighbours_form_one_component() -> None:
     mask = np.zeros((30, 30), dtype=np.uint8)
     for i in range(10):
@@ -73,6 +82,8 @@ def test_values_other_than_0_and_255_are_thresholded_above_127() -> None:
     geometry = annotate_mask(mask)
     assert geometry.bbox == [30, 5, 35, 10] and geometry.location == "top-right"
     assert annotate_mask(mask.astype(np.float32)).bbox == [30, 5, 35, 10]
+    faint_only = annotate_mask(np.full((30, 40), 127, dtype=np.uint8))
+    assert faint_only.n_components == 0 and faint_only.bbox is None
 
 
 def test_three_channel_and_boolean_masks_are_accepted() -> None:
@@ -107,6 +118,10 @@ def random_masks(draw: st.DrawFn) -> np.ndarray:
             draw(st.binary(min_size=height * width, max_size=height * width)), dtype=np.uint8
         )
         mask[noise.reshape(height, width) > 240] = 255
+    if draw(st.booleans()):  # faint (1..127, background) and bright (128..254, lesion) values
+        values = np.frombuffer(draw(st.binary(min_size=height * width, max_size=height * width)), np.uint8)
+        values = values.reshape(height, width)
+        mask = np.where(values % 5 == 0, values, mask).astype(np.uint8)
     return mask
 
 
@@ -114,7 +129,11 @@ def random_masks(draw: st.DrawFn) -> np.ndarray:
 @given(random_masks())
 def test_contour_paths_equal_the_connected_components_stats_pass(mask: np.ndarray) -> None:
     binary = (mask > 127).astype(np.uint8)
-    assert annotate_mask(mask) == _geometry_by_labels(binary)
+    reference = _geometry_by_labels(binary)
+    assert annotate_mask(mask) == reference
+    assert annotate_mask(binary.astype(bool)) == reference
+    assert annotate_mask(mask.astype(np.int32)) == reference
+    assert annotate_mask(np.dstack([mask, np.zeros_like(mask), mask])) == reference
 
 
 def test_dataset_records_follow_the_schema(small_synthetic: Path, tmp_path: Path) -> None:

@@ -17,6 +17,6 @@ def test_bench_prints_throughput_table_and_box_differences(tmp_path: Path) -> No
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "(a) seed" in result.stdout and "(b) ours" in result.stdout and "(c) decode only" in result.stdout
-    assert "ours/decode throughput" in result.stdout and "ours/seed throughput" in result.stdout
+    assert "time ours / decode-only:" in result.stdout and "time ours / seed's method:" in result.stdout
     assert "differ from the seed's largest-contour box" in result.stdout
     assert len(list((tmp_path / "masks").glob("*_segmentation.png"))) == 50
