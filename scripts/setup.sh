@@ -27,6 +27,6 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==$TORCH_VERSION"
 constraints="$(mktemp)"; trap 'rm -f "$constraints"' EXIT
 echo "torch==$TORCH_VERSION" > "$constraints"
-"${PIP[@]}" install -c "$constraints" -e ".[dev,slurm]"
+"${PIP[@]}" install -c "$constraints" -e ".[dev,slurm,qlora]"
 echo "$want" > "$stamp"
 echo "skinderm installed in $VENV"

@@ -8,6 +8,7 @@ before any data or model is loaded. Each group option is checked against the sch
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -206,6 +207,12 @@ class HardwareSchema:
     ddp_find_unused_parameters: bool | None = None
     # Write <run>/data_shards/rank<k>.txt: the image_ids each rank's training dataloader collated.
     record_shards: bool = False
+    # QLoRA: 4-bit NF4 base weights (bitsandbytes), LoRA adapters trained on top.
+    load_in_4bit: bool = False
+    # GRPO sampling with vLLM (an extra): null (transformers generate) | colocate | server.
+    vllm: str | None = None
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_server_base_url: str | None = None
 
 
 @dataclass
@@ -310,9 +317,61 @@ def validate_config(cfg: DictConfig) -> None:
             f"config key 'dataset.root' is required for dataset={cfg.dataset.name}: "
             "pass dataset.root=/path/to/HAM10000 (the folder holding HAM10000_metadata.csv)"
         )
+    _check_hardware_switches(cfg)
     if cfg.model.trust_remote_code:
         import logging
 
         logging.getLogger(__name__).warning(
             "model.trust_remote_code=true: code from the model folder will run"
         )
+
+
+SHARDED_HARDWARE = ("fsdp", "deepspeed_zero3")
+
+
+def _check_hardware_switches(cfg: DictConfig) -> None:
+    """QLoRA and vLLM: what they need, checked before any model loads."""
+    hardware = cfg.hardware
+    if hardware.load_in_4bit:
+        if not cfg.model.lora.enabled:
+            raise ConfigError(
+                "hardware.load_in_4bit=true: 4-bit weights are frozen, QLoRA trains LoRA adapters on them; "
+                "set model.lora.enabled=true"
+            )
+        if cfg.stage.get("merge_adapter"):
+            raise ConfigError(
+                "hardware.load_in_4bit=true with stage.merge_adapter=true: an adapter cannot be folded into "
+                "4-bit weights; drop stage.merge_adapter (GRPO then continues the Stage 1 adapter)"
+            )
+        if hardware.name in SHARDED_HARDWARE:
+            raise ConfigError(
+                f"hardware.load_in_4bit=true with hardware={hardware.name}: sharding 4-bit weights is not "
+                "set up here; use hardware=gpu or hardware=multi_gpu (DDP) for QLoRA"
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError(
+                "hardware.load_in_4bit=true needs bitsandbytes, which is not installed: "
+                "pip install -e '.[qlora]'"
+            )
+    if hardware.vllm is not None:
+        _one_of(hardware.vllm, ("colocate", "server"), "hardware.vllm")
+        if cfg.stage.name != "grpo":
+            raise ConfigError(
+                f"hardware.vllm={hardware.vllm}: vLLM samples GRPO completions; stage={cfg.stage.name} "
+                "does not sample, drop hardware.vllm"
+            )
+        if hardware.use_cpu:
+            raise ConfigError(
+                f"hardware.vllm={hardware.vllm}: vLLM generates on CUDA GPUs; use it with hardware=gpu or "
+                "hardware=multi_gpu"
+            )
+        if importlib.util.find_spec("vllm") is None:
+            raise ConfigError(
+                f"hardware.vllm={hardware.vllm} needs vLLM, which is not installed: pip install -e '.[vllm]' "
+                "on the GPU machine (or drop hardware.vllm to sample with transformers' generate)"
+            )
+        if hardware.vllm == "server" and not hardware.vllm_server_base_url:
+            raise ConfigError(
+                "hardware.vllm=server needs hardware.vllm_server_base_url=http://<host>:8000, the address of "
+                "a running `trl vllm-serve --model <Stage 1 model folder>`"
+            )

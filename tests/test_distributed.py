@@ -8,6 +8,7 @@ start ONE process: --cpu selects accelerate's single-process launcher; its MULTI
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,14 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
 SFT_STEPS, SFT_BATCH = 3, 4
 GRPO_STEPS, GRPO_BATCH, GRPO_GENERATIONS = 2, 4, 2
+EVAL_SAMPLES = 5  # odd: rank 1 answers a padded share (2 images + 1 repeat), see evaluate_after.rank_share
 COMMON = (
     *SMALL_DATASET,
     "hardware=cpu",
     "hardware.record_shards=true",
     "logger=wandb",
     "logger.log_completions=0",
-    "eval.num_samples=4",
-    "eval.batch_size=4",
+    f"eval.num_samples={EVAL_SAMPLES}",
+    "eval.batch_size=2",
 )
 
 
@@ -129,6 +131,23 @@ def test_both_ranks_write_into_one_run_folder_with_one_wandb_run(launched, stage
     assert output.count("metrics written to") == 1, "only rank 0 may write metrics.json"
     assert (run_dir / "metrics.json").is_file() and (run_dir / "FINISHED").is_file()
     assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_both_ranks_answer_the_generation_check_and_rank_0_writes_every_answer_once(
+    launched, stage: str
+) -> None:
+    """With sharded weights (FSDP, ZeRO-3) a rank-0-only generation would hang: every rank answers a share."""
+    run_dir, output = launched[stage]
+    for rank in range(WORLD_SIZE):
+        assert f"(rank {rank})" in output, f"rank {rank} did not take part in the generation check"
+    lines = (run_dir / "predictions_val.jsonl").read_text().splitlines()
+    image_ids = [json.loads(line)["image_id"] for line in lines]
+    assert len(image_ids) == EVAL_SAMPLES and len(set(image_ids)) == EVAL_SAMPLES, "padding must be dropped"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["val_generation"]["n"] == EVAL_SAMPLES
+    if stage == "grpo":
+        assert metrics["val_before"]["n"] == EVAL_SAMPLES
 
 
 def test_sft_ranks_take_turns_through_one_class_balanced_sample(launched) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +203,85 @@ def test_launch_script_refuses_what_it_cannot_launch(arguments: list[str], messa
         check=False,
     )
     assert result.returncode == 2 and message in result.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory and sampling switches: QLoRA (hardware.load_in_4bit) and vLLM (hardware.vllm)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hardware.load_in_4bit=true", "model.lora.enabled=false"], "set model.lora.enabled=true"),
+        (
+            ["hardware=fsdp", "model=qwen2_5_vl_3b", "hardware.load_in_4bit=true"],
+            "use hardware=gpu or hardware=multi_gpu",
+        ),
+        (
+            ["stage=grpo", "model.lora.enabled=true", "stage.merge_adapter=true", "hardware.load_in_4bit=1"],
+            "cannot be folded into 4-bit weights",
+        ),
+        (["hardware.vllm=colocate"], "stage=sft does not sample"),
+        (["stage=grpo", "hardware.vllm=colocate"], "vLLM generates on CUDA GPUs"),
+        (["stage=grpo", "hardware=gpu", "hardware.vllm=sometimes"], "expected one of ['colocate', 'server']"),
+    ],
+)
+def test_memory_and_sampling_switches_refuse_what_cannot_work(
+    compose_train, overrides: list[str], message: str
+) -> None:
+    from skinderm.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config(compose_train(overrides))
+
+
+def test_vllm_switch_without_vllm_installed_says_how_to_install_it(compose_train) -> None:
+    import importlib.util
+
+    from skinderm.config import ConfigError, validate_config
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    with pytest.raises(ConfigError, match=re.escape("pip install -e '.[vllm]'")):
+        validate_config(compose_train(["stage=grpo", "hardware=gpu", "hardware.vllm=colocate"]))
+
+
+def test_vllm_server_mode_needs_the_servers_address(compose_train, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from skinderm import config
+
+    real_find_spec = importlib.util.find_spec
+
+    def pretend_vllm_is_installed(name: str, *args: object) -> object:
+        return object() if name == "vllm" else real_find_spec(name, *args)
+
+    monkeypatch.setattr(config.importlib.util, "find_spec", pretend_vllm_is_installed)
+    with pytest.raises(config.ConfigError, match=re.escape("hardware.vllm_server_base_url")):
+        config.validate_config(compose_train(["stage=grpo", "hardware=gpu", "hardware.vllm=server"]))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ([], {"use_vllm": False}),
+        (
+            ["hardware.vllm=colocate", "hardware.vllm_gpu_memory_utilization=0.5"],
+            {"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.5},
+        ),
+        (
+            ["hardware.vllm=server", "hardware.vllm_server_base_url=http://gpu7:8000"],
+            {"use_vllm": True, "vllm_mode": "server", "vllm_server_base_url": "http://gpu7:8000"},
+        ),
+    ],
+)
+def test_vllm_switch_becomes_trls_grpo_sampling_arguments(
+    compose_train, tmp_path: Path, overrides: list[str], expected: dict[str, object]
+) -> None:
+    from trl import GRPOConfig
+
+    from skinderm.training.grpo import sampler_arguments
+
+    cfg = compose_train(["stage=grpo", "hardware=gpu", *overrides])
+    arguments = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, **sampler_arguments(cfg.hardware))
+    assert {key: getattr(arguments, key) for key in expected} == expected

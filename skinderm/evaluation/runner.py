@@ -64,9 +64,43 @@ def evaluate_records(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Greedy answers for `records`, their prediction records, and the metrics over them.
 
+    With `score_classes`, each prediction also gets `class_probs` (see skinderm.evaluation.scoring) and
+    the metrics a "calibration" block.
+    """
+    predictions = answer_records(
+        model,
+        processor,
+        records,
+        builder,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        desc=desc,
+        score_classes=score_classes,
+    )
+    metrics = compute_metrics(predictions)
+    if score_classes:
+        from skinderm.evaluation.calibration import compute_calibration
+
+        metrics["calibration"] = compute_calibration(predictions)
+    return predictions, metrics
+
+
+def answer_records(
+    model: Any,
+    processor: Any,
+    records: Sequence[Mapping[str, Any]],
+    builder: ExampleBuilder,
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    desc: str = "evaluate",
+    score_classes: bool = False,
+) -> list[dict[str, Any]]:
+    """Greedy answers for `records` as prediction records, in the order of `records`.
+
     Images are decoded batch by batch, in order of model input size so that a batch pads as little as
-    possible; results come back in the order of `records`. With `score_classes`, each prediction also
-    gets `class_probs` (see skinderm.evaluation.scoring) and the metrics a "calibration" block.
+    possible. The number of `generate` calls depends only on len(records) and batch_size (what lock-step
+    generation across ranks needs, see skinderm.training.evaluate_after).
     """
     from skinderm.evaluation.generation import LazyImages, generate_answers, prediction_record
 
@@ -95,12 +129,7 @@ def evaluate_records(
     predictions: list[dict[str, Any]] = [{}] * len(records)
     for position, index in enumerate(order):
         predictions[index] = predictions_in_order[position]
-    metrics = compute_metrics(predictions)
-    if score_classes:
-        from skinderm.evaluation.calibration import compute_calibration
-
-        metrics["calibration"] = compute_calibration(predictions)
-    return predictions, metrics
+    return predictions
 
 
 def write_predictions(path: Path, predictions: Sequence[Mapping[str, Any]]) -> None:

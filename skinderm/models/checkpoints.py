@@ -118,6 +118,7 @@ def load_run_model(
     merge_adapter: bool = True,
     adapter_trainable: bool = False,
     model_overrides: Mapping[str, Any] | None = None,
+    quantization: Mapping[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """(model, processor) from a training run folder; adapters are put on the base they were trained on.
 
@@ -125,6 +126,8 @@ def load_run_model(
     PeftModel is returned, with trainable adapter weights if `adapter_trainable` (GRPO continuing it).
     `model_overrides` replace keys of the run's `model` config for the base model (e.g. `name_or_path`
     when the base checkpoint lives elsewhere on this machine); the pixel budget is always the run's.
+    `quantization`: `from_pretrained` arguments for 4-bit weights (QLoRA), applied to whichever model is
+    loaded from weights (the full model, or an adapter's base).
     """
     from skinderm.models.loading import load_model_and_processor
     from skinderm.models.processor import load_processor
@@ -137,13 +140,22 @@ def load_run_model(
         full_cfg = {**model_cfg, **(model_overrides or {}), "name_or_path": str(model_dir), "tiny": None}
         full_cfg["min_pixels"], full_cfg["max_pixels"] = model_cfg["min_pixels"], model_cfg["max_pixels"]
         return load_model_and_processor(
-            full_cfg, torch_dtype=torch_dtype, attn_implementation=attn_implementation
+            full_cfg,
+            torch_dtype=torch_dtype,
+            attn_implementation=attn_implementation,
+            quantization=quantization,
         )
 
     from peft import PeftModel
 
     base = _adapter_base(
-        run_dir, run_cfg, model_cfg, torch_dtype, attn_implementation, model_overrides=model_overrides
+        run_dir,
+        run_cfg,
+        model_cfg,
+        torch_dtype,
+        attn_implementation,
+        model_overrides=model_overrides,
+        quantization=quantization,
     )
     processor = load_processor(
         str(model_dir),
@@ -166,6 +178,7 @@ def _adapter_base(
     attn_implementation: str | None,
     *,
     model_overrides: Mapping[str, Any] | None,
+    quantization: Mapping[str, Any] | None = None,
 ) -> Any:
     """The model an adapter run's LoRA weights were trained on (see the module table)."""
     from skinderm.models.loading import load_model_and_processor
@@ -184,6 +197,7 @@ def _adapter_base(
                 torch_dtype,
                 attn_implementation,
                 model_overrides=model_overrides,
+                quantization=quantization,
             )
         log.info("GRPO adapter %s: base = Stage 1 run %s (merged)", run_dir, init_run)
         base, _ = load_run_model(
@@ -192,11 +206,13 @@ def _adapter_base(
             attn_implementation=attn_implementation,
             merge_adapter=True,
             model_overrides=model_overrides,
+            quantization=quantization,
         )
         return base
     base, _ = load_model_and_processor(
         {**model_cfg, **(model_overrides or {})},
         torch_dtype=torch_dtype,
         attn_implementation=attn_implementation,
+        quantization=quantization,
     )
     return base

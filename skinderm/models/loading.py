@@ -61,11 +61,16 @@ def resolve_model_source(model_cfg: Mapping[str, Any]) -> tuple[str, bool]:
 
 
 def load_model_and_processor(
-    model_cfg: Mapping[str, Any], *, torch_dtype: str = "float32", attn_implementation: str | None = None
+    model_cfg: Mapping[str, Any],
+    *,
+    torch_dtype: str = "float32",
+    attn_implementation: str | None = None,
+    quantization: Mapping[str, Any] | None = None,
 ) -> tuple[Any, Any]:
     """(Qwen2_5_VLForConditionalGeneration, processor) for the `model` config group.
 
     `attn_implementation` overrides `model.attn_implementation` (None keeps the config's).
+    `quantization`: extra `from_pretrained` arguments for quantised weights (`four_bit_arguments`).
     """
     import torch
     from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
@@ -93,7 +98,7 @@ def load_model_and_processor(
             f"model.name_or_path={source} is a {config.model_type!r} model; this project trains Qwen2.5-VL "
             "(model_type 'qwen2_5_vl')"
         )
-    attention = attn_implementation or model_cfg.get("attn_implementation") or None
+    attention = resolve_attention(attn_implementation or model_cfg.get("attn_implementation") or None)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         source,
         config=config,
@@ -101,7 +106,10 @@ def load_model_and_processor(
         attn_implementation=attention,
         use_safetensors=True,
         **hub_kwargs,
+        **(quantization or {}),
     )
+    if quantization and quantization.get("device_map") == {"": "cpu"}:
+        _keep_cpu_four_bit_weights_trainable(model)
     try:
         processor = load_processor(
             source,
@@ -118,6 +126,63 @@ def load_model_and_processor(
             "folder needs tokenizer files, chat_template.jinja and processor_config.json (save_pretrained)"
         ) from error
     return model, processor
+
+
+def resolve_attention(attn_implementation: str | None) -> str | None:
+    """`auto` (hardware=gpu's default): FlashAttention-2 where the flash-attn package is installed and a
+    GPU is present, otherwise PyTorch's sdpa; any other value is passed on to transformers as it is."""
+    if attn_implementation != "auto":
+        return attn_implementation
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def four_bit_arguments(torch_dtype: str, *, use_cpu: bool) -> dict[str, Any]:
+    """`from_pretrained` arguments for QLoRA (`hardware.load_in_4bit`), as TRL's scripts build them.
+
+    NF4 weights with nested quantisation, computing in the training dtype; the vision tower and lm_head
+    stay unquantised (the usual VLM QLoRA recipe: the ViT is small and sensitive). bitsandbytes places
+    quantised weights at load time, so each process puts them on its own GPU (or the CPU).
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(
+            "hardware.load_in_4bit=true needs bitsandbytes, which is not installed: "
+            "pip install -e '.[qlora]' (or drop hardware.load_in_4bit)"
+        )
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, torch_dtype if torch_dtype != "auto" else "bfloat16"),
+        # Matched from the start of module names (transformers 5): the ViT + merger, and the output head.
+        llm_int8_skip_modules=["model.visual", "lm_head"],
+    )
+    device = (
+        "cpu" if use_cpu or not torch.cuda.is_available() else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    )
+    return {"quantization_config": config, "device_map": {"": device}}
+
+
+def _keep_cpu_four_bit_weights_trainable(model: Any) -> None:
+    """Stop bitsandbytes (0.50) repacking 4-bit weights for AVX512-BF16 inference on CPU.
+
+    It repacks them the first time a layer runs in eval mode and never packs them back, after which a
+    training step fails inside `matmul_4bit` ("a view of a leaf Variable ... in-place"): GRPO evaluates
+    and samples before it trains. CPU 4-bit runs are for tests; GPUs never take that path.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def vision_tower(model: Any) -> Any:

@@ -111,6 +111,22 @@ def trainer_arguments(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
     }
 
 
+def model_loading_arguments(cfg: DictConfig) -> dict[str, Any]:
+    """How the hardware group loads weights: dtype, attention kernel, 4-bit quantisation (QLoRA)."""
+    from skinderm.models.loading import four_bit_arguments
+
+    precision = str(cfg.hardware.precision)
+    return {
+        "torch_dtype": precision,
+        "attn_implementation": cfg.hardware.attn_implementation,
+        "quantization": (
+            four_bit_arguments(precision, use_cpu=bool(cfg.hardware.use_cpu))
+            if cfg.hardware.load_in_4bit
+            else None
+        ),
+    }
+
+
 def lora_config(cfg: DictConfig) -> Any | None:
     """A PEFT LoraConfig from `model.lora`, or None for full fine-tuning."""
     lora = cfg.model.lora

@@ -13,7 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig, GRPOTrainer
 
 from skinderm.data.conversations import ExampleBuilder
-from skinderm.evaluation.runner import evaluate_records, headline, write_predictions
+from skinderm.evaluation.metrics import compute_metrics
+from skinderm.evaluation.runner import headline, write_predictions
 from skinderm.models.checkpoints import is_adapter_folder, load_run_model
 from skinderm.rewards import build_reward_functions, weighted_total
 from skinderm.training.common import (
@@ -21,11 +22,13 @@ from skinderm.training.common import (
     example_builder,
     load_split_records,
     lora_config,
+    model_loading_arguments,
     save_policy,
     subsample,
     summarise_log_history,
     trainer_arguments,
 )
+from skinderm.training.evaluate_after import answer_on_all_ranks
 from skinderm.training.run import (
     RESOLVED_CONFIG_FILE,
     RunFolder,
@@ -79,11 +82,7 @@ def load_stage1_policy(cfg: DictConfig, init_run: Path) -> tuple[Any, Any, Any]:
     _check_same_answer_format(cfg, sft_cfg, init_run)
     merge = bool(cfg.stage.merge_adapter)
     model, processor = load_run_model(
-        init_run,
-        torch_dtype=cfg.hardware.precision,
-        attn_implementation=cfg.hardware.attn_implementation,
-        merge_adapter=merge,
-        adapter_trainable=True,
+        init_run, merge_adapter=merge, adapter_trainable=True, **model_loading_arguments(cfg)
     )
     keeps_adapter = is_adapter_folder(init_run / "model") and not merge
     return model, processor, None if keeps_adapter else lora_config(cfg)
@@ -166,7 +165,7 @@ def reward_components(
 
 
 def held_out_rewards(
-    model: Any,
+    trainer: Any,
     processor: Any,
     records: Sequence[Mapping[str, Any]],
     builder: ExampleBuilder,
@@ -176,16 +175,18 @@ def held_out_rewards(
     *,
     desc: str,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Greedy answers on held-out records: headline metrics plus mean reward per component and weighted."""
-    predictions, metrics = evaluate_records(
-        model,
+    """Greedy answers of the trainer's model on held-out records (every rank answers a share; call it
+    on every rank): headline metrics plus mean reward per component and weighted."""
+    predictions = answer_on_all_ranks(
+        trainer,
         processor,
-        records,
+        list(records),
         builder,
         batch_size=int(cfg.eval.batch_size),
         max_new_tokens=int(cfg.stage.max_completion_length),
         desc=desc,
     )
+    metrics = compute_metrics(predictions)
     examples = [builder.grpo_example(record) for record in records]
     components = reward_components(reward_funcs, [p["completion"] for p in predictions], examples)
     names = [func.__name__ for func in reward_funcs]
@@ -194,6 +195,22 @@ def held_out_rewards(
     summary["reward_weighted"] = sum(total) / len(total)
     summary.update({f"reward_{name}": sum(values) / len(values) for name, values in components.items()})
     return summary, predictions
+
+
+def sampler_arguments(hardware: DictConfig) -> dict[str, Any]:
+    """GRPOConfig arguments for how completions are sampled: transformers' generate (default) or vLLM.
+
+    colocate: vLLM runs inside each training process and shares its GPU (`vllm_gpu_memory_utilization`
+    of it); server: a separate `trl vllm-serve` process on other GPUs, reached at `vllm_server_base_url`.
+    """
+    if hardware.vllm is None:
+        return {}
+    arguments: dict[str, Any] = {"use_vllm": True, "vllm_mode": str(hardware.vllm)}
+    if hardware.vllm == "colocate":
+        arguments["vllm_gpu_memory_utilization"] = float(hardware.vllm_gpu_memory_utilization)
+    else:
+        arguments["vllm_server_base_url"] = str(hardware.vllm_server_base_url)
+    return arguments
 
 
 def reward_trends(history: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -240,12 +257,6 @@ def run_grpo(
     train_dataset = Dataset.from_list(build_examples(train_records, builder.grpo_example, "train prompts"))
     eval_records = subsample(splits["val"], cfg.eval.num_samples, cfg.seed)
 
-    before: dict[str, Any] = {}
-    if eval_records:
-        before, _ = held_out_rewards(
-            model, processor, eval_records, builder, reward_funcs, weights, cfg, desc="val before"
-        )
-
     stage = cfg.stage
     arguments = GRPOConfig(
         **trainer_arguments(cfg, run),
@@ -260,6 +271,7 @@ def run_grpo(
         reward_weights=list(weights),
         log_completions=False,
         remove_unused_columns=False,
+        **sampler_arguments(cfg.hardware),
     )
     trainer = SkindermGRPOTrainer(
         model=model,
@@ -273,6 +285,11 @@ def run_grpo(
     )
     if cfg.hardware.record_shards:
         record_data_shards(trainer, run.path / SHARDS_DIR)
+    before: dict[str, Any] = {}
+    if eval_records:  # the starting policy, after the trainer set up the ranks (and any LoRA wrapping)
+        before, _ = held_out_rewards(
+            trainer, processor, eval_records, builder, reward_funcs, weights, cfg, desc="val before"
+        )
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     save_policy(trainer, processor, run)
 
@@ -286,12 +303,13 @@ def run_grpo(
         "reward_trends": reward_trends(trainer.state.log_history, names),
         **summarise_log_history(trainer.state.log_history),
     }
-    if eval_records and trainer.is_world_process_zero():
+    if eval_records:  # on every rank: with sharded weights generation needs them all
         after, predictions = held_out_rewards(
-            trainer.model, processor, eval_records, builder, reward_funcs, weights, cfg, desc="val after"
+            trainer, processor, eval_records, builder, reward_funcs, weights, cfg, desc="val after"
         )
-        write_predictions(run.path / "predictions_val.jsonl", predictions)
         metrics["val_before"], metrics["val_after"] = before, after
         metrics["val_generation"] = after
-        write_json_atomic(run.path / "metrics_val.json", {"before": before, "after": after})
+        if trainer.is_world_process_zero():
+            write_predictions(run.path / "predictions_val.jsonl", predictions)
+            write_json_atomic(run.path / "metrics_val.json", {"before": before, "after": after})
     return metrics

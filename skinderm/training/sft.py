@@ -18,6 +18,7 @@ from skinderm.training.common import (
     example_builder,
     load_split_records,
     lora_config,
+    model_loading_arguments,
     save_policy,
     subsample,
     summarise_log_history,
@@ -82,11 +83,7 @@ def run_sft(
     """Train Stage 1 and return its metrics (also written by the caller to metrics.json)."""
     splits = load_split_records(cfg)
     builder = example_builder(cfg)
-    model, processor = load_model_and_processor(
-        to_plain(cfg.model),
-        torch_dtype=cfg.hardware.precision,
-        attn_implementation=cfg.hardware.attn_implementation,
-    )
+    model, processor = load_model_and_processor(to_plain(cfg.model), **model_loading_arguments(cfg))
     if cfg.model.freeze_vision_tower:
         log.info("froze %d vision-tower parameters", freeze_vision_tower(model))
 
@@ -147,8 +144,8 @@ def run_sft(
         "global_step": trainer.state.global_step,
         **summarise_log_history(trainer.state.log_history),
     }
-    if trainer.is_world_process_zero() and cfg.eval.num_samples:
+    if cfg.eval.num_samples:  # on every rank: with sharded weights generation needs them all
         metrics["val_generation"] = evaluate_on_split(
-            trainer.model, processor, splits["val"], builder, cfg, run, split_name="val"
+            trainer, processor, splits["val"], builder, cfg, run, split_name="val"
         )
     return metrics

@@ -317,3 +317,31 @@ def test_model_type_other_than_qwen2_5_vl_is_refused(tmp_path: Path):
 def test_unknown_dtype_is_refused(tiny_dir: Path):
     with pytest.raises(ValueError, match="torch_dtype"):
         load_model_and_processor(tiny_model_cfg(tiny_dir), torch_dtype="fp8")
+
+
+def test_four_bit_loading_quantises_the_language_model_and_keeps_the_vision_tower(tiny_dir: Path):
+    """hardware.load_in_4bit: NF4 linear layers in the language model; the ViT and lm_head unquantised."""
+    pytest.importorskip("bitsandbytes", reason="pip install -e '.[qlora]'")
+    from bitsandbytes.nn import Linear4bit
+
+    from skinderm.models.loading import four_bit_arguments
+
+    model, _ = load_model_and_processor(
+        tiny_model_cfg(tiny_dir), quantization=four_bit_arguments("float32", use_cpu=True)
+    )
+    four_bit = [name for name, module in model.named_modules() if isinstance(module, Linear4bit)]
+    assert any(".language_model.layers." in name for name in four_bit)
+    assert not [name for name in four_bit if ".visual." in name or name.endswith("lm_head")]
+    assert model.is_loaded_in_4bit
+
+
+def test_auto_attention_is_sdpa_without_flash_attn_or_a_gpu():
+    import importlib.util
+
+    import torch
+
+    from skinderm.models.loading import resolve_attention
+
+    assert resolve_attention("eager") == "eager" and resolve_attention(None) is None
+    flash_ready = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    assert resolve_attention("auto") == ("flash_attention_2" if flash_ready else "sdpa")

@@ -82,6 +82,21 @@ def test_sft_with_lora_saves_an_adapter(lora_sft_run: Path) -> None:
     assert not (lora_sft_run / "model" / "model.safetensors").exists()
 
 
+def test_qlora_sft_then_grpo_train_adapters_on_4bit_weights(compose_train, tmp_path: Path) -> None:
+    """hardware.load_in_4bit=true end to end on CPU (bitsandbytes 4-bit layers run there too)."""
+    pytest.importorskip("bitsandbytes", reason="pip install -e '.[qlora]'")
+    qlora = (*FAST, "model.lora.enabled=true", "hardware.load_in_4bit=true", "eval.num_samples=2")
+    sft = _run(compose_train([*qlora, "stage.max_steps=2"]), tmp_path / "sft")
+    assert sft["global_step"] == 2 and sft["val_generation"]["n"] == 2
+    assert (tmp_path / "sft" / "model" / "adapter_config.json").is_file()
+    grpo = _run(
+        compose_train([*qlora, "stage=grpo", "stage.max_steps=1", f"stage.init_from={tmp_path / 'sft'}"]),
+        tmp_path / "grpo",
+    )
+    assert grpo["global_step"] == 1 and grpo["val_after"]["n"] == 2
+    assert (tmp_path / "grpo" / "model" / "adapter_config.json").is_file()
+
+
 @pytest.mark.parametrize("merge", [False, True])
 def test_grpo_from_a_lora_run_continues_or_merges_the_adapter(
     compose_train, lora_sft_run: Path, tmp_path: Path, merge: bool
@@ -94,6 +109,15 @@ def test_grpo_from_a_lora_run_continues_or_merges_the_adapter(
     assert metrics["global_step"] == 1
     # Either way GRPO trains (and saves) a LoRA adapter: the Stage 1 one, or a fresh one on merged weights.
     assert (tmp_path / "grpo" / "model" / "adapter_config.json").is_file()
+    # ... and evaluation finds the base that adapter belongs to (the Stage 1 base, or Stage 1 merged).
+    from skinderm.evaluation.runner import answer_records
+    from skinderm.models.checkpoints import load_run_model
+    from skinderm.training.common import example_builder, load_split_records
+
+    model, processor = load_run_model(tmp_path / "grpo")
+    records = load_split_records(cfg)["val"][:2]
+    answers = answer_records(model, processor, records, example_builder(cfg), batch_size=2, max_new_tokens=8)
+    assert [answer["image_id"] for answer in answers] == [record["image_id"] for record in records]
 
 
 def test_grpo_from_latest_sft_run_records_reward_trends(compose_train, sft_run: Path, tmp_path: Path) -> None:
