@@ -20,6 +20,7 @@ from skinderm.data.annotation import (
     annotate_dataset,
     annotate_mask,
     load_annotations,
+    parallel_map,
 )
 
 
@@ -215,3 +216,13 @@ def test_annotation_does_not_import_torch() -> None:
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         == "False\n"
     )
+
+
+def test_one_process_map_runs_opencv_on_one_thread_and_restores_the_callers_setting() -> None:
+    before = cv2.getNumThreads()
+    assert parallel_map(_opencv_threads, [0, 1], workers=1) == [1, 1]
+    assert cv2.getNumThreads() == before
+
+
+def _opencv_threads(_: int) -> int:
+    return cv2.getNumThreads()
