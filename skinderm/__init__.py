@@ -23,3 +23,16 @@ def _run_dir(resume: str | None, runs_root: str, stamp: str) -> str:
 # `${run_dir:${resume},<runs root>,<time stamp>}` in conf/hydra: a new run folder, or the one being resumed.
 if not OmegaConf.has_resolver("run_dir"):
     OmegaConf.register_new_resolver("run_dir", _run_dir)
+
+
+def _rank_tag() -> str:
+    """`[rank k]` in processes of a multi-process launch (torchrun/accelerate set WORLD_SIZE and RANK):
+    all ranks append to the one train.log of the run folder. Empty in a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return ""
+    return f"[rank {os.environ.get('RANK', '0')}]"
+
+
+# `${rank_tag:}` in conf/hydra's log format.
+if not OmegaConf.has_resolver("rank_tag"):
+    OmegaConf.register_new_resolver("rank_tag", _rank_tag)

@@ -126,3 +126,24 @@ def test_cli_user_mistakes_end_in_one_line_naming_the_fix(
     ]
     assert error_lines and expected in error_lines[0], result.stderr[-1500:]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("env", "tag"), [({}, ""), ({"WORLD_SIZE": "2", "RANK": "1"}, "[rank 1]")])
+def test_log_lines_name_their_rank_only_in_multi_process_runs(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], tag: str
+) -> None:
+    """All ranks append to the run folder's one train.log: each line says which rank wrote it."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    for key in ("WORLD_SIZE", "RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    GlobalHydra.instance().clear()
+    with initialize_config_module("skinderm.conf", version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    log_format = OmegaConf.to_container(cfg.hydra.job_logging.formatters, resolve=True)["simple"]["format"]
+    assert log_format == f"[%(asctime)s]{tag}[%(name)s][%(levelname)s] %(message)s"

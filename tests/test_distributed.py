@@ -131,6 +131,8 @@ def test_both_ranks_write_into_one_run_folder_with_one_wandb_run(launched, stage
     assert output.count("metrics written to") == 1, "only rank 0 may write metrics.json"
     assert (run_dir / "metrics.json").is_file() and (run_dir / "FINISHED").is_file()
     assert (run_dir / "model" / "model.safetensors").is_file()
+    log_lines = (run_dir / "train.log").read_text()
+    assert "][rank 0][" in log_lines and "][rank 1][" in log_lines, "train.log lines must name their rank"
 
 
 @pytest.mark.parametrize("stage", ["sft", "grpo"])
