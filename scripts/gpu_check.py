@@ -3,6 +3,7 @@
     bash scripts/gpu_check.sh                  # on a CUDA machine: 3B then 7B (if time and memory allow)
     python scripts/gpu_check.py --tiny         # CPU, tiny shapes: the same code path in ~1 minute
     python scripts/gpu_check.py --sizes 3b --sft-steps 6 --grpo-steps 2
+    bash scripts/gpu_check.sh --sizes 7b --qlora   # the same with 4-bit base weights (QLoRA)
 
 No downloads: each model is a randomly initialised Qwen2.5-VL built at the published shapes
 (docs: shared/reference/qwen2_5_vl.md; 3.75 B and 8.29 B parameters) in bf16 on the GPU, with the tiny
@@ -233,7 +234,11 @@ def check_size(size: str, work: Path, options: argparse.Namespace, cuda: bool) -
     parameters = build_random_model(
         model_dir, SHAPES[size], device="cuda" if cuda else "cpu", dtype=dtype, seed=options.seed
     )
-    result: dict[str, Any] = {"parameters": parameters, "build_s": round(time.perf_counter() - started, 1)}
+    result: dict[str, Any] = {
+        "parameters": parameters,
+        "build_s": round(time.perf_counter() - started, 1),
+        "weights": "4-bit NF4 (QLoRA)" if options.qlora else "bf16" if cuda else "float32",
+    }
     count = f"{parameters / 1e9:.2f} B" if parameters >= 1e8 else f"{parameters / 1e6:.2f} M"
     log(f"{size}: {count} parameters, built and saved in {result['build_s']} s")
 
@@ -254,6 +259,7 @@ def check_size(size: str, work: Path, options: argparse.Namespace, cuda: bool) -
         "eval.num_samples=0",
         f"paths.root_dir={work}",
         f"seed={options.seed}",
+        f"hardware.load_in_4bit={str(options.qlora).lower()}",
     ]
     sft_dir = work / "outputs" / size / "sft"
     log(f"{size}: LoRA SFT, {options.sft_steps} steps of {options.sft_batch} images")
@@ -360,6 +366,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--json", type=Path, default=None, help="also write the summary here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--qlora", action="store_true", help="base weights in 4-bit NF4 (hardware.load_in_4bit; bitsandbytes)"
+    )
     options = parser.parse_args()
     options.sizes = options.sizes or (["tiny"] if options.tiny else ["3b", "7b"])
     options.sft_steps = options.sft_steps or (3 if options.tiny else 8)

@@ -12,7 +12,7 @@ cd "$repo"
 
 # What the GPU image (python3.12, torch, transformers 5.17, accelerate 1.15, peft) lacks or has too old.
 WHEELS=(transformers==5.24.0 trl==1.16.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
-  hydra-core==1.3.8 omegaconf==2.3.1)
+  hydra-core==1.3.8 omegaconf==2.3.1 bitsandbytes==0.50.2)
 
 if [[ "${1:-}" == "--fetch-wheels" ]]; then
   python="${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}"

@@ -42,7 +42,10 @@ def test_shapes_have_the_published_parameter_counts(size: str, published: int) -
 
 
 @pytest.mark.slow
-def test_tiny_mode_runs_sft_and_grpo_and_writes_a_summary(tmp_path: Path) -> None:
+@pytest.mark.parametrize("qlora", [False, True], ids=["bf16-or-fp32", "qlora"])
+def test_tiny_mode_runs_sft_and_grpo_and_writes_a_summary(tmp_path: Path, qlora: bool) -> None:
+    if qlora and importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("pip install -e '.[qlora]'")
     summary_path = tmp_path / "out" / "gpu_check.json"
     result = subprocess.run(
         [
@@ -53,6 +56,7 @@ def test_tiny_mode_runs_sft_and_grpo_and_writes_a_summary(tmp_path: Path) -> Non
             "cpu",
             "--work",
             str(tmp_path),
+            *(["--qlora"] if qlora else []),
         ],
         cwd=tmp_path,
         env={**os.environ, "OUT": str(summary_path.parent), "OMP_NUM_THREADS": "1"},
@@ -65,6 +69,7 @@ def test_tiny_mode_runs_sft_and_grpo_and_writes_a_summary(tmp_path: Path) -> Non
     summary = json.loads(summary_path.read_text())
     tiny = summary["results"]["tiny"]
     assert tiny["parameters"] > 0 and summary["environment"]["cuda"] is False
+    assert tiny["weights"] == ("4-bit NF4 (QLoRA)" if qlora else "float32")
     assert tiny["sft"]["steps"] == tiny["sft"]["global_step"] == 3
     assert tiny["grpo"]["steps"] == tiny["grpo"]["global_step"] == 2
     assert tiny["sft"]["median_step_s"] > 0 and tiny["grpo"]["median_step_s"] > 0
