@@ -30,10 +30,13 @@ def compose_config(overrides: list[str], run_dir: Path | None) -> Any:
 
     import skinderm  # noqa: F401  (registers the config resolvers)
     from skinderm.config import validate_config
+    from skinderm.training.checkpoints import claim_new_run_dir
 
     with initialize_config_module(version_base="1.3", config_module="skinderm.conf"):
         cfg = compose("train", overrides=["logger=none", *overrides])
-    folder = run_dir or Path(cfg.paths.log_dir) / "bench_learnability" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    # Claimed, not just named: benches started in the same second must not share (and overwrite) a folder.
+    runs_root = str(Path(cfg.paths.log_dir) / "bench_learnability")
+    folder = run_dir or Path(claim_new_run_dir(runs_root, time.strftime("%Y-%m-%d_%H-%M-%S")))
     with open_dict(cfg):
         cfg.paths.output_dir = str(folder)
     validate_config(cfg)

@@ -7,6 +7,7 @@ Transformers writes a checkpoint's files one after another (weights, optimizer, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -65,11 +66,38 @@ def resolve_run_dir(resume: str | None, runs_root: str, stamp: str) -> str:
     stops with a one-line message (`skinderm.training.pipeline.resume_checkpoint`).
     """
     if resume in (None, "", "null", "None"):
-        return f"{runs_root}/{stamp}"
+        return claim_new_run_dir(runs_root, stamp)
     if resume == "latest":
         root = Path(runs_root)
         runs = [p for p in root.iterdir() if (p / "checkpoints").is_dir()] if root.is_dir() else []
         if not runs:
-            return f"{runs_root}/{stamp}"
+            return claim_new_run_dir(runs_root, stamp)
         return str(max(runs, key=lambda p: (p / "checkpoints").stat().st_mtime))
     return str(Path(resume).expanduser().resolve())
+
+
+_CLAIMED_RUN_DIRS: dict[tuple[str, str], str] = {}
+
+
+def claim_new_run_dir(runs_root: str, stamp: str) -> str:
+    """`<runs_root>/<stamp>`, created now, or `<stamp>_2`, `_3`, ... when another run already has it.
+
+    Runs started in the same second (`for s in 1 2 3; do python -m skinderm.train seed=$s & done`) would
+    otherwise share one folder and overwrite each other's model and metrics. The folder is claimed with an
+    exclusive mkdir, so two processes never get the same one; within a process the answer is remembered
+    (Hydra may resolve the run folder more than once). Ranks of one multi-process run do not call this:
+    they share the folder pinned by SKINDERM_RUN_DIR (scripts/launch.sh).
+    """
+    key = (str(runs_root), str(stamp))
+    if key not in _CLAIMED_RUN_DIRS:
+        root = Path(runs_root)
+        root.mkdir(parents=True, exist_ok=True)
+        for attempt in itertools.count(1):
+            candidate = root / (stamp if attempt == 1 else f"{stamp}_{attempt}")
+            try:
+                candidate.mkdir()
+            except FileExistsError:
+                continue
+            _CLAIMED_RUN_DIRS[key] = str(candidate)
+            break
+    return _CLAIMED_RUN_DIRS[key]

@@ -113,3 +113,22 @@ def test_run_dir_is_new_unless_a_run_with_checkpoints_is_resumed(tmp_path: Path)
     (runs / "a" / "checkpoints").mkdir(parents=True)
     assert resolve_run_dir("latest", str(runs), "2026") == str(runs / "a")
     assert resolve_run_dir(str(runs / "a"), str(runs), "2026") == str(runs / "a")
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path: Path) -> None:
+    """Three processes claim one time stamp at once: three folders. One process asking again: the same."""
+    import subprocess
+    import sys
+
+    claim = (
+        "import sys; from skinderm.training.checkpoints import claim_new_run_dir as c; "
+        "first = c(sys.argv[1], '2026-11-28_01-02-03'); "
+        "assert c(sys.argv[1], '2026-11-28_01-02-03') == first; print(first)"
+    )
+    processes = [
+        subprocess.Popen([sys.executable, "-c", claim, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    folders = sorted(process.communicate(timeout=120)[0].strip() for process in processes)
+    assert folders == [str(tmp_path / name) for name in ("2026-11-28_01-02-03", "2026-11-28_01-02-03_2",
+                                                         "2026-11-28_01-02-03_3")]  # fmt: skip
