@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from omegaconf import OmegaConf
 
 __version__ = "0.1.0"
+
+# bitsandbytes (the qlora extra; peft imports it whenever it is installed) warns on every import on CPUs
+# with AVX512-BF16 that an optional kernel could not be fetched from the Hugging Face hub. Nothing here
+# needs it (and nothing may download): keep that one logger to errors.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # `${cwd:}` in conf/paths: the launch directory, resolvable before Hydra's runtime info exists (a multirun
 # resolves its sweep dir first, where `${hydra:runtime.cwd}` fails).

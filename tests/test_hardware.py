@@ -285,3 +285,13 @@ def test_vllm_switch_becomes_trls_grpo_sampling_arguments(
     cfg = compose_train(["stage=grpo", "hardware=gpu", *overrides])
     arguments = GRPOConfig(output_dir=str(tmp_path), use_cpu=True, **sampler_arguments(cfg.hardware))
     assert {key: getattr(arguments, key) for key in expected} == expected
+
+
+def test_importing_bitsandbytes_after_skinderm_prints_no_hub_kernel_warning() -> None:
+    """bitsandbytes' optional CPU kernel would come from the Hugging Face hub; its warning is noise here."""
+    pytest.importorskip("bitsandbytes", reason="pip install -e '.[qlora]'")
+    result = subprocess.run(
+        [sys.executable, "-c", "import skinderm, peft, bitsandbytes"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert "kernels-community" not in result.stdout + result.stderr
