@@ -15,10 +15,12 @@ import hydra
 from omegaconf import DictConfig
 
 from skinderm.config import user_errors_as_messages
+from skinderm.progress import configure_progress_bars
 
 
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
+    configure_progress_bars()
     from skinderm.evaluation.report import format_table
     from skinderm.evaluation.runner import run_evaluation, validate_evaluate_config
 

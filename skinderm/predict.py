@@ -16,10 +16,12 @@ import hydra
 from omegaconf import DictConfig
 
 from skinderm.config import user_errors_as_messages
+from skinderm.progress import configure_progress_bars
 
 
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    configure_progress_bars()
     from skinderm.evaluation.runner import check_image, run_prediction, validate_predict_config
 
     with user_errors_as_messages(cfg):

@@ -17,10 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from skinderm.data import layout
 from skinderm.data.classes import CLASS_CODES
 from skinderm.data.synthetic import ensure_synthetic_dataset, is_synthetic_dataset_current
+from skinderm.progress import configure_progress_bars
 
 
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="synthesize")
 def main(cfg: DictConfig) -> None:
+    configure_progress_bars()
     params = OmegaConf.to_container(cfg.dataset.synthetic, resolve=True) if cfg.dataset.synthetic else None
     if not params:
         raise SystemExit("dataset.synthetic holds no generator parameters: use dataset=synthetic.")

@@ -14,10 +14,12 @@ import hydra
 from omegaconf import DictConfig
 
 from skinderm.config import user_errors_as_messages, validate_config
+from skinderm.progress import configure_progress_bars
 
 
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    configure_progress_bars()
     with user_errors_as_messages(cfg):
         validate_config(cfg)
         from skinderm.training.pipeline import format_summary, run_training
