@@ -5,6 +5,14 @@ box is scaled into that space for training and every predicted box is scaled bac
 The resize must be exactly the processor's, or boxes drift by up to a patch: `smart_resize` below is
 a faithful copy of transformers' (importing theirs pulls in torch, ~5 s), and a test compares both.
 
+Images are pre-resized to `model_input_size` before the processor sees them, so that size must be a
+FIXED POINT of smart_resize (the processor then leaves it alone). For ordinary images smart_resize's
+own answer is one. It is not when the budget forces the short side below one 28 px token (beyond ~51:1
+with max_pixels=40000, ~146:1 with 200704: smart_resize keeps 28 px and overshoots max_pixels), nor
+for budgets where its rounding lands outside [min_pixels, max_pixels] (e.g. min == max); there
+`model_input_size` picks the in-budget 28-px grid closest in aspect ratio instead. Images wider than
+200:1 (the processor's own limit) and budgets no grid can meet are refused with one line.
+
 Sizes are always `(width, height)`; boxes are `[x1, y1, x2, y2]` with exclusive `x2`/`y2`
 (x2 = x1 + box width); polygons are lists of `[x, y]` points. No torch, no transformers here.
 """
@@ -21,6 +29,8 @@ FACTOR = PATCH_SIZE * MERGE_SIZE
 # The processor's defaults (Qwen2.5-VL's preprocessor_config.json).
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 28 * 28 * 16384
+# smart_resize refuses anything wider or taller than this (long side / short side).
+MAX_ASPECT_RATIO = 200
 
 
 def smart_resize(
@@ -55,17 +65,110 @@ def smart_resize(
 def model_input_size(
     width: int, height: int, *, min_pixels: int, max_pixels: int, factor: int = FACTOR
 ) -> tuple[int, int]:
-    """(width, height) of an image after the processor's resize: the pixel space of the model's answers."""
+    """(width, height) the model sees: the pixel space of its answers, and a size the processor keeps.
+
+    smart_resize's own result whenever the processor would leave that unchanged (every ordinary image);
+    otherwise the closest size it does keep (see the module docstring). ValueError, one line, for an
+    image beyond MAX_ASPECT_RATIO or a pixel budget no size can meet.
+    """
     _check_size((width, height), "image size")
+    check_pixel_budget(min_pixels, max_pixels, factor=factor)
+    check_aspect_ratio(width, height)
+    resized_height, resized_width = smart_resize(
+        int(height), int(width), factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
+    )
+    if is_fixed_point(
+        resized_width, resized_height, min_pixels=min_pixels, max_pixels=max_pixels, factor=factor
+    ):
+        return resized_width, resized_height
+    return _closest_fixed_point(width, height, min_pixels=min_pixels, max_pixels=max_pixels, factor=factor)
+
+
+def is_fixed_point(
+    width: int, height: int, *, min_pixels: int, max_pixels: int, factor: int = FACTOR
+) -> bool:
+    """Whether smart_resize returns (width, height) unchanged, i.e. the processor does not resize it."""
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        return False
+    return smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels) == (
+        height,
+        width,
+    )
+
+
+def check_pixel_budget(min_pixels: int, max_pixels: int, *, factor: int = FACTOR) -> None:
+    """ValueError (one line naming model.min_pixels / model.max_pixels) for a budget that cannot be honoured.
+
+    Every size the processor produces is a grid of factor x factor tokens, so the budget needs at least one
+    grid area in [min_pixels, max_pixels]. Equal values are refused too: smart_resize's rounding rarely
+    lands on one exact pixel count (600x450 at 40000/40000 would be resized twice).
+    """
     if min_pixels <= 0 or max_pixels < min_pixels:
         raise ValueError(
             f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}: "
             "fix model.min_pixels / model.max_pixels"
         )
-    resized_height, resized_width = smart_resize(
-        int(height), int(width), factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
-    )
-    return resized_width, resized_height
+    if min_pixels == max_pixels:
+        raise ValueError(
+            f"model.min_pixels == model.max_pixels == {max_pixels}: Qwen2.5-VL's resize cannot hold every "
+            "image at one exact pixel count (it would resize a pre-resized image again and move its boxes); "
+            f"keep model.min_pixels below model.max_pixels (e.g. model.min_pixels={DEFAULT_MIN_PIXELS})"
+        )
+    token_area = factor * factor
+    if -(-min_pixels // token_area) > max_pixels // token_area:
+        raise ValueError(
+            f"model.min_pixels={min_pixels}, model.max_pixels={max_pixels}: no image size fits between them "
+            f"(sizes are multiples of {factor} px per side, so areas are multiples of {token_area}); "
+            f"widen the range (e.g. model.min_pixels={DEFAULT_MIN_PIXELS})"
+        )
+
+
+def check_aspect_ratio(width: int, height: int) -> None:
+    """ValueError (one line) for a size the processor refuses: long side > MAX_ASPECT_RATIO x short side."""
+    ratio = max(width, height) / min(width, height)
+    if ratio > MAX_ASPECT_RATIO:
+        raise ValueError(
+            f"{width}x{height} pixels has aspect ratio {ratio:.0f}:1, over the {MAX_ASPECT_RATIO}:1 limit of "
+            "Qwen2.5-VL's image processor; crop or pad it to at most that ratio"
+        )
+
+
+def _closest_fixed_point(
+    width: int, height: int, *, min_pixels: int, max_pixels: int, factor: int
+) -> tuple[int, int]:
+    """The token grid (short x long tokens) inside the budget closest to the image's aspect ratio.
+
+    Any grid with min_pixels <= area <= max_pixels and ratio <= MAX_ASPECT_RATIO is a fixed point of
+    smart_resize (both sides are already multiples of `factor`). Ties go to the larger area (more detail).
+    At most sqrt(max_pixels) / factor short sides are tried: ~128 for the processor's default budget.
+    """
+    token_area = factor * factor
+    low, high = -(-min_pixels // token_area), max_pixels // token_area
+    target = math.log(max(width, height) / min(width, height))
+    best: tuple[float, int, int, int] | None = None  # (aspect error, -area, short, long)
+    short = 1
+    while short * short <= high:
+        longest = min(high // short, MAX_ASPECT_RATIO * short)
+        shortest_long = max(short, -(-low // short))
+        if shortest_long <= longest:
+            # log(long / short) is monotone in long: the best long side is the ideal one, clamped.
+            ideal = short * math.exp(target)
+            for long in (
+                max(shortest_long, min(longest, math.floor(ideal))),
+                max(shortest_long, min(longest, math.ceil(ideal))),
+            ):
+                candidate = (abs(math.log(long / short) - target), -short * long, short, long)
+                if best is None or candidate < best:
+                    best = candidate
+        short += 1
+    if best is None:  # check_pixel_budget guarantees some area in range; kept for a clear message
+        raise ValueError(
+            f"no {factor}-px image size fits model.min_pixels={min_pixels}, model.max_pixels={max_pixels}"
+        )
+    _, _, short, long = best
+    if width >= height:
+        return long * factor, short * factor
+    return short * factor, long * factor
 
 
 def visual_token_count(width: int, height: int, *, min_pixels: int, max_pixels: int) -> int:

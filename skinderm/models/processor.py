@@ -26,7 +26,7 @@ from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
-from skinderm.models.coordinates import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from skinderm.models.coordinates import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, check_pixel_budget
 
 # The class name a Qwen2.5-VL checkpoint records; AutoProcessor resolves it where torchvision exists.
 HUB_PROCESSOR_CLASS = "Qwen2_5_VLProcessor"
@@ -121,12 +121,11 @@ def build_image_processor(*, min_pixels: int, max_pixels: int) -> Qwen2VLImagePr
 
 
 def set_pixel_limits(processor: ProcessorMixin, *, min_pixels: int, max_pixels: int) -> None:
-    """Set the image resize budget in place: what `model_input_size` and box scaling must agree with."""
-    if min_pixels <= 0 or max_pixels < min_pixels:
-        raise ValueError(
-            f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}: "
-            "fix model.min_pixels / model.max_pixels"
-        )
+    """Set the image resize budget in place: what `model_input_size` and box scaling must agree with.
+
+    The same budget check as `model_input_size`: a budget no pre-resized image can stay inside is refused.
+    """
+    check_pixel_budget(int(min_pixels), int(max_pixels))
     processor.image_processor.size = SizeDict(shortest_edge=int(min_pixels), longest_edge=int(max_pixels))
 
 

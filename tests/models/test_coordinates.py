@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from skinderm.models.coordinates import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
+    MAX_ASPECT_RATIO,
     box_to_model_space,
     box_to_original_space,
+    check_pixel_budget,
     model_input_size,
     points_to_model_space,
     points_to_original_space,
@@ -163,3 +168,102 @@ def test_coordinates_module_does_not_import_torch():
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+# --- the pre-resized image is a fixed point of the processor's resize ---------------------------------
+
+CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
+SHIPPED_BUDGETS = sorted(
+    {
+        (int(cfg.min_pixels), int(cfg.max_pixels))
+        for cfg in (OmegaConf.load(path) for path in CONF_MODELS.glob("*.yaml"))
+    }
+    | {(DEFAULT_MIN_PIXELS, DEFAULT_MAX_PIXELS)}
+)
+
+
+@pytest.fixture(scope="module")
+def processor_resize() -> Callable[..., tuple[int, int]]:
+    """The resize Qwen2VLImageProcessorPil applies (transformers' own function; imports torch)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as theirs
+
+    return theirs
+
+
+def image_sizes() -> st.SearchStrategy[tuple[int, int]]:
+    """Any size from 1 px to 30000 px a side; extreme aspect ratios (up to the 200:1 limit) drawn often."""
+    uniform = st.tuples(st.integers(1, 30_000), st.integers(1, 30_000))
+    short = st.integers(1, 3000)
+    ratio = st.floats(1.0, float(MAX_ASPECT_RATIO))
+    elongated = st.builds(
+        lambda s, r, wide: (round(s * r), s)[:: 1 if wide else -1], short, ratio, st.booleans()
+    )
+    return st.one_of(uniform, elongated)
+
+
+def test_shipped_budgets_are_the_ones_checked():
+    assert (3136, 40_000) in SHIPPED_BUDGETS and (3136, 200_704) in SHIPPED_BUDGETS
+    for low, high in SHIPPED_BUDGETS:
+        check_pixel_budget(low, high)
+
+
+@settings(max_examples=600, deadline=None)
+@given(size=image_sizes(), budget=st.sampled_from(SHIPPED_BUDGETS))
+def test_processing_the_pre_resized_image_is_the_identity(processor_resize, size, budget):
+    width, height = size
+    assume(max(size) / min(size) <= MAX_ASPECT_RATIO)
+    low, high = budget
+    model_width, model_height = model_input_size(width, height, min_pixels=low, max_pixels=high)
+    assert processor_resize(model_height, model_width, 28, low, high) == (model_height, model_width)
+    assert model_width % 28 == 0 and model_height % 28 == 0
+    assert low <= model_width * model_height <= high
+    # Where smart_resize's own answer is already kept, it is the answer (runs trained before stay valid).
+    first = processor_resize(height, width, 28, low, high)
+    if max(first) / min(first) <= MAX_ASPECT_RATIO and processor_resize(*first, 28, low, high) == first:
+        assert (model_height, model_width) == first
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    size=image_sizes(),
+    low=st.integers(1, 300_000),
+    extra=st.integers(1, 400_000),
+)
+def test_any_budget_that_validates_gives_a_size_the_processor_keeps(processor_resize, size, low, extra):
+    width, height = size
+    assume(max(size) / min(size) <= MAX_ASPECT_RATIO)
+    high = low + extra
+    try:
+        check_pixel_budget(low, high)
+    except ValueError:
+        assume(False)
+    model_width, model_height = model_input_size(width, height, min_pixels=low, max_pixels=high)
+    assert processor_resize(model_height, model_width, 28, low, high) == (model_height, model_width)
+
+
+@pytest.mark.parametrize(
+    ("size", "budget", "expected"),
+    [
+        (
+            (2650, 50),
+            (3136, 40_000),
+            (1428, 28),
+        ),  # 53:1, tiny: smart_resize alone gives 2632x28 (over budget)
+        ((50, 9000), (3136, 40_000), (28, 1428)),
+        ((9000, 50), (3136, 200_704), (5040, 28)),  # 180:1, 3B/7B: smart_resize alone gives 5992x28 (214:1)
+        ((600, 450), (3136, 40_000), (224, 168)),  # ordinary images: unchanged
+    ],
+)
+def test_extreme_aspect_ratios_get_the_closest_size_the_processor_keeps(size, budget, expected):
+    assert model_input_size(*size, min_pixels=budget[0], max_pixels=budget[1]) == expected
+
+
+def test_sizes_and_budgets_that_cannot_be_honoured_are_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"aspect ratio 400:1, over the 200:1 limit") as refused:
+        model_input_size(20_000, 50, min_pixels=3136, max_pixels=40_000)
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match=r"model\.min_pixels == model\.max_pixels"):
+        model_input_size(600, 450, min_pixels=40_000, max_pixels=40_000)
+    with pytest.raises(ValueError, match=r"no image size fits"):
+        check_pixel_budget(39_300, 39_500)  # no multiple of 784 between them
+    check_pixel_budget(37_632, 37_633)  # 48 tokens exactly fit
