@@ -8,19 +8,22 @@ before any data or model is loaded. Each group option is checked against the sch
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib.util
+import math
 import os
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from skinderm.answers import ANSWER_FIELDS
+from skinderm.models.coordinates import check_pixel_budget
 
 
 class ConfigError(ValueError):
@@ -38,32 +41,75 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# A full disk or quota: the writer (ours, torch, safetensors, PIL) raises OSError with one of these.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
 @contextlib.contextmanager
 def user_errors_as_messages(cfg: DictConfig | None = None) -> Iterator[None]:
     """Turn a user-fixable error into `error: <one line>` and exit code 2; the traceback goes to a file.
 
-    SKINDERM_DEBUG=1 (or HYDRA_FULL_ERROR=1) re-raises instead, for debugging.
+    User-fixable: USER_ERRORS, and an OSError for a full disk or quota anywhere in the error's chain
+    (a library may wrap it). SKINDERM_DEBUG=1 (or HYDRA_FULL_ERROR=1) re-raises instead, for debugging.
     """
     try:
         yield
-    except USER_ERRORS as error:
-        if os.environ.get("SKINDERM_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as error:
+        message = user_error_message(error, cfg)
+        debugging = os.environ.get("SKINDERM_DEBUG") == "1" or os.environ.get("HYDRA_FULL_ERROR") == "1"
+        if message is None or debugging:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         where = _write_traceback(cfg)
         hint = f" (traceback: {where})" if where else " (SKINDERM_DEBUG=1 shows the traceback)"
         print(f"error: {message}{hint}", file=sys.stderr)
         sys.exit(2)
 
 
+def user_error_message(error: BaseException, cfg: DictConfig | None = None) -> str | None:
+    """The one-line message for a user-fixable error, or None for a bug (which keeps its traceback)."""
+    disk_full = _disk_full_error(error)
+    if disk_full is not None:
+        target = disk_full.filename or disk_full.filename2
+        where = str(target) if target else f"the run folder {_output_dir(cfg) or '(unknown)'}"
+        return f"no space left on device writing {where}: free space or point paths.root_dir elsewhere"
+    if isinstance(error, USER_ERRORS):
+        text = str(error).strip()
+        return text.splitlines()[0] if text else type(error).__name__
+    return None
+
+
+def _disk_full_error(error: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError in `error`'s cause/context chain, if any (loops are cut)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in DISK_FULL_ERRNOS:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _output_dir(cfg: DictConfig | None) -> str | None:
+    try:
+        return str(cfg.paths.output_dir) if cfg is not None else None
+    except Exception:  # unresolvable outside a Hydra job
+        return None
+
+
 def _write_traceback(cfg: DictConfig | None) -> Path | None:
+    """Write the traceback to <output_dir>/error.txt; None when that cannot be done (never raises)."""
+    path: Path | None = None
     try:
         folder = Path(cfg.paths.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "error.txt"
         path.write_text(traceback.format_exc())
         return path
-    except Exception:  # no usable run folder: the message alone must do
+    except Exception:  # no usable run folder, or the disk is full: the message alone must do
+        if path is not None:
+            with contextlib.suppress(Exception):
+                path.unlink(missing_ok=True)  # a cut-off traceback file would only mislead
         return None
 
 
@@ -267,21 +313,205 @@ TOP_LEVEL_KEYS = {
 }
 
 
-def _check(node: Any, schema: type, key: str) -> None:
+def check_schema(node: Any, schema: type, key: str, *, where_to_fix: str | None = None) -> None:
+    """Merge `node` onto `schema`: an unknown key or a value of the wrong type is one ConfigError naming it.
+
+    `key` is the node's dotted path ("" for a whole entrypoint config); `where_to_fix` says where the
+    value comes from (default: "in conf/<group>/ or on the command line").
+    """
     try:
         OmegaConf.merge(OmegaConf.structured(schema), node)
     except OmegaConfBaseException as error:
         bad_key = getattr(error, "full_key", None) or getattr(error, "key", None) or ""
         reason = str(error).splitlines()[0]
-        where = f"{key}.{bad_key}" if bad_key else key
-        raise ConfigError(
-            f"config key '{where}': {reason} (check the spelling/type in conf/{key}/ or the command line)"
-        ) from None
+        where = f"{key}.{bad_key}" if key and bad_key else (bad_key or key or "config")
+        fix = where_to_fix or (
+            f"in conf/{key.split('.')[0]}/ or on the command line" if key else "on the command line"
+        )
+        raise ConfigError(f"config key '{where}': {reason} (check the spelling/type {fix})") from None
 
 
 def _one_of(value: Any, allowed: set[str] | tuple[str, ...], key: str) -> None:
     if value not in allowed:
         raise ConfigError(f"config key '{key}' = {value!r}: expected one of {sorted(allowed)}")
+
+
+# --- value ranges --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of one numeric key: [low, high] (ends open where said), finite; None passes if optional.
+
+    The schemas check types; these rules check values, so `stage.per_device_train_batch_size=0` fails
+    here with the key's name instead of deep inside torch after the data is prepared.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    integer: bool = False
+    optional: bool = False
+
+    def allows(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool):
+            return False
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return False
+        if not math.isfinite(number) or (self.integer and not number.is_integer()):
+            return False
+        if self.low is not None and (number <= self.low if self.low_open else number < self.low):
+            return False
+        return not (self.high is not None and (number >= self.high if self.high_open else number > self.high))
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+
+        def show(bound: float) -> str:
+            return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
+
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {show(self.low)}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {show(self.high)}")
+        text = f"{kind} {' and '.join(parts)}".strip()
+        return f"{text} (or null)" if self.optional else text
+
+
+COUNT = Range(low=1, integer=True)
+OPTIONAL_COUNT = Range(low=1, integer=True, optional=True)
+NON_NEGATIVE_INT = Range(low=0, integer=True)
+POSITIVE = Range(low=0, low_open=True)
+NON_NEGATIVE = Range(low=0)
+FRACTION = Range(low=0, high=1)
+# numpy's legacy seeding (transformers.set_seed) takes 0 .. 2**32 - 1.
+SEED = Range(low=0, high=2**32 - 1, integer=True)
+
+# Train config (conf/train.yaml and its groups). Keys absent from the composed config are skipped, so the
+# SFT-only and GRPO-only rules share one table.
+TRAIN_RANGES: dict[str, Range] = {
+    "seed": SEED,
+    "dataset.synthetic.num_images": COUNT,
+    "dataset.synthetic.seed": SEED,
+    "dataset.synthetic.image_width": COUNT,
+    "dataset.synthetic.image_height": COUNT,
+    "dataset.synthetic.max_images_per_lesion": COUNT,
+    "dataset.synthetic.multi_component_fraction": FRACTION,
+    "dataset.synthetic.missing_mask_fraction": FRACTION,
+    "dataset.splits.val_fraction": Range(low=0, high=1, high_open=True),
+    "dataset.splits.test_fraction": Range(low=0, high=1, high_open=True),
+    "dataset.splits.seed": SEED,
+    "model.min_pixels": COUNT,
+    "model.max_pixels": COUNT,
+    "model.lora.r": COUNT,
+    "model.lora.alpha": POSITIVE,
+    "model.lora.dropout": Range(low=0, high=1, high_open=True),
+    "stage.max_steps": COUNT,
+    "stage.per_device_train_batch_size": COUNT,
+    "stage.per_device_eval_batch_size": COUNT,
+    "stage.gradient_accumulation_steps": COUNT,
+    "stage.learning_rate": POSITIVE,
+    "stage.warmup_steps": NON_NEGATIVE_INT,
+    "stage.weight_decay": NON_NEGATIVE,
+    "stage.max_grad_norm": NON_NEGATIVE,  # 0 = no clipping (transformers)
+    "stage.logging_steps": COUNT,
+    "stage.save_steps": COUNT,
+    "stage.save_total_limit": OPTIONAL_COUNT,
+    "stage.eval_steps": COUNT,
+    "stage.eval_max_samples": OPTIONAL_COUNT,
+    "stage.max_length": OPTIONAL_COUNT,
+    "stage.num_generations": Range(low=2, integer=True),  # GRPO's advantage needs a group of >= 2
+    "stage.max_completion_length": COUNT,
+    "stage.temperature": POSITIVE,
+    "stage.top_p": Range(low=0, high=1, low_open=True),
+    "stage.beta": NON_NEGATIVE,
+    "stage.num_iterations": COUNT,
+    "stage.train_max_samples": OPTIONAL_COUNT,
+    "reward.weights.diagnosis": NON_NEGATIVE,
+    "reward.weights.spatial": NON_NEGATIVE,
+    "reward.weights.iou": NON_NEGATIVE,
+    "reward.weights.format": NON_NEGATIVE,
+    "hardware.torch_threads": OPTIONAL_COUNT,
+    "hardware.dataloader_num_workers": NON_NEGATIVE_INT,
+    "hardware.vllm_gpu_memory_utilization": Range(low=0, high=1, low_open=True),
+    "logger.log_completions": NON_NEGATIVE_INT,
+    "answer.polygon_max_points": Range(low=3, integer=True),  # a polygon needs 3 points
+    "eval.num_samples": NON_NEGATIVE_INT,  # 0 = skip the post-training check
+    "eval.batch_size": COUNT,
+    "eval.max_new_tokens": COUNT,
+}
+
+_ABSENT = object()
+
+
+def check_ranges(cfg: DictConfig, rules: Mapping[str, Range], *, top_level_file: str) -> None:
+    """Apply a table of Range rules; the first value out of range is one ConfigError naming key and fix."""
+    for key, allowed in rules.items():
+        value = OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
+        if value is _ABSENT or OmegaConf.is_config(value):
+            continue
+        if not allowed.allows(value):
+            raise ConfigError(
+                f"config key '{key}' = {value!r}: must be {allowed.describe()}; "
+                f"set {key}=<value> on the command line or in {_where_defined(key, top_level_file)}"
+            )
+
+
+def _where_defined(key: str, top_level_file: str) -> str:
+    group = key.split(".")[0]
+    return f"conf/{group}/" if group in CONFIG_GROUPS else top_level_file
+
+
+CONFIG_GROUPS = ("dataset", "model", "stage", "reward", "hardware", "logger", "paths")
+
+
+def check_answer_fields(fields: Any, key: str = "answer.fields") -> None:
+    """One or more known answer fields, each once: the prompt and the targets are built from this list."""
+    values = (
+        list(fields) if isinstance(fields, Sequence | ListConfig) and not isinstance(fields, str) else None
+    )
+    example = f"{key}=[{','.join(ANSWER_FIELDS[:3])}]"
+    if not values:
+        raise ConfigError(
+            f"config key '{key}' = {_plain_value(fields)!r}: list one or more of {list(ANSWER_FIELDS)}, "
+            f"e.g. {example}"
+        )
+    unknown = [value for value in values if value not in ANSWER_FIELDS]
+    if unknown:
+        raise ConfigError(
+            f"config key '{key}': unknown field(s) {unknown}; choose from {list(ANSWER_FIELDS)}, "
+            f"e.g. {example}"
+        )
+    repeated = sorted({str(value) for value in values if values.count(value) > 1})
+    if repeated:
+        raise ConfigError(f"config key '{key}': {repeated} listed more than once; list each field once")
+
+
+def check_model_budget(model: DictConfig, key: str = "model") -> None:
+    """model.min_pixels / model.max_pixels: a budget every image can be pre-resized into (see coordinates)."""
+    try:
+        check_pixel_budget(int(model.min_pixels), int(model.max_pixels))
+    except ValueError as error:
+        prefix = "" if key == "model" else f"{key}: "
+        raise ConfigError(f"{prefix}{error}") from None
+
+
+def _plain_value(value: Any) -> Any:
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+@dataclass
+class TrainTopSchema:
+    """Top-level scalars of conf/train.yaml (the groups have their own schemas)."""
+
+    task_name: str = MISSING
+    seed: int = MISSING
+    resume: str | None = None
+    optimized_metric: str | None = None
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -291,14 +521,18 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"unknown top-level config key(s) {unknown}; known: {sorted(TOP_LEVEL_KEYS)}")
     _one_of(cfg.stage.get("name"), tuple(STAGE_SCHEMAS), "stage.name")
     _one_of(cfg.logger.get("name"), tuple(LOGGER_SCHEMAS), "logger.name")
-    _check(cfg.dataset, DatasetSchema, "dataset")
-    _check(cfg.model, ModelSchema, "model")
-    _check(cfg.stage, STAGE_SCHEMAS[cfg.stage.name], "stage")
-    _check(cfg.reward, RewardSchema, "reward")
-    _check(cfg.hardware, HardwareSchema, "hardware")
-    _check(cfg.logger, LOGGER_SCHEMAS[cfg.logger.name], "logger")
-    _check(cfg.answer, AnswerSchema, "answer")
-    _check(cfg.eval, EvalSchema, "eval")
+    top = {key: cfg.get(key) for key in ("task_name", "seed", "resume", "optimized_metric") if key in cfg}
+    check_schema(
+        OmegaConf.create(top), TrainTopSchema, "", where_to_fix="on the command line or in conf/train.yaml"
+    )
+    check_schema(cfg.dataset, DatasetSchema, "dataset")
+    check_schema(cfg.model, ModelSchema, "model")
+    check_schema(cfg.stage, STAGE_SCHEMAS[cfg.stage.name], "stage")
+    check_schema(cfg.reward, RewardSchema, "reward")
+    check_schema(cfg.hardware, HardwareSchema, "hardware")
+    check_schema(cfg.logger, LOGGER_SCHEMAS[cfg.logger.name], "logger")
+    check_schema(cfg.answer, AnswerSchema, "answer", where_to_fix="on the command line or in conf/train.yaml")
+    check_schema(cfg.eval, EvalSchema, "eval", where_to_fix="on the command line or in conf/train.yaml")
     _one_of(cfg.dataset.on_error, ("raise", "skip"), "dataset.on_error")
     _one_of(cfg.dataset.name, TRAINABLE_DATASETS, "dataset (for training)")
     _one_of(cfg.hardware.precision, ("float32", "bfloat16", "float16"), "hardware.precision")
@@ -310,8 +544,8 @@ def validate_config(cfg: DictConfig) -> None:
     )
     if cfg.logger.name == "wandb":
         _one_of(cfg.logger.mode, ("offline", "online", "disabled"), "logger.mode")
-    for answer_field in cfg.answer.fields:
-        _one_of(answer_field, ANSWER_FIELDS, "answer.fields")
+    check_ranges(cfg, TRAIN_RANGES, top_level_file="conf/train.yaml")
+    _check_cross_key_rules(cfg)
     if OmegaConf.is_missing(cfg.dataset, "root"):
         raise ConfigError(
             f"config key 'dataset.root' is required for dataset={cfg.dataset.name}: "
@@ -324,6 +558,33 @@ def validate_config(cfg: DictConfig) -> None:
         logging.getLogger(__name__).warning(
             "model.trust_remote_code=true: code from the model folder will run"
         )
+
+
+def _check_cross_key_rules(cfg: DictConfig) -> None:
+    """Rules between keys, checked before any data or model is touched."""
+    check_answer_fields(cfg.answer.fields)
+    check_answer_fields(cfg.reward.format.required_fields, "reward.format.required_fields")
+    check_model_budget(cfg.model)
+    splits = cfg.dataset.splits
+    if float(splits.val_fraction) + float(splits.test_fraction) >= 1:
+        raise ConfigError(
+            f"config keys 'dataset.splits.val_fraction' + 'dataset.splits.test_fraction' = "
+            f"{splits.val_fraction} + {splits.test_fraction}: must be < 1 to leave images for training"
+        )
+    weights = cfg.reward.weights
+    if not any(float(weights[name]) > 0 for name in weights):
+        raise ConfigError(
+            f"config keys 'reward.weights.*' are all 0 ({dict(weights)}): set at least one > 0, "
+            "e.g. reward.weights.diagnosis=1"
+        )
+    if cfg.stage.name == "grpo":
+        batch, group = int(cfg.stage.per_device_train_batch_size), int(cfg.stage.num_generations)
+        if batch % group:
+            raise ConfigError(
+                f"config key 'stage.per_device_train_batch_size' = {batch} must be a multiple of "
+                f"stage.num_generations = {group} (each prompt's {group} completions share a batch); "
+                f"e.g. stage.per_device_train_batch_size={max(group, batch - batch % group)}"
+            )
 
 
 SHARDED_HARDWARE = ("fsdp", "deepspeed_zero3")

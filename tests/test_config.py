@@ -105,7 +105,7 @@ def test_cli_prints_the_resolved_job_config(tmp_path: Path) -> None:
         (("stage=grpo", "logger=none"), "run `python -m skinderm.train stage=sft` first"),
         (("stage=grpo", "logger=none", "stage.init_from=/no/run"), "stage.init_from=/no/run"),
         (("logger.mode=online",), "WANDB_API_KEY"),
-        (("resume=latest",), "start without resume"),
+        (("resume=latest",), "without resume"),
     ],
 )
 def test_cli_user_mistakes_end_in_one_line_naming_the_fix(

@@ -17,6 +17,7 @@ base checkpoint lives on this machine) apply to the run's base model.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,15 +25,24 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
 from skinderm.config import (
+    COUNT,
     LOGGER_SCHEMAS,
+    NON_NEGATIVE_INT,
+    OPTIONAL_COUNT,
+    SEED,
+    TRAIN_RANGES,
     AnswerSchema,
     ConfigError,
     DatasetSchema,
     HardwareSchema,
     ModelSchema,
+    Range,
+    check_answer_fields,
+    check_model_budget,
+    check_ranges,
+    check_schema,
 )
 from skinderm.data.conversations import ExampleBuilder
 from skinderm.evaluation.metrics import compute_metrics
@@ -180,6 +190,7 @@ class EvaluateSchema:
 @dataclass
 class PredictSchema:
     task_name: str = MISSING
+    seed: int = MISSING
     run: str | None = None
     image: str | None = None
     out: str | None = None
@@ -192,41 +203,49 @@ class PredictSchema:
     hydra: Any = None
 
 
-def _check(node: Any, schema: type, key: str) -> None:
-    try:
-        OmegaConf.merge(OmegaConf.structured(schema), node)
-    except OmegaConfBaseException as error:
-        bad_key = getattr(error, "full_key", None) or getattr(error, "key", None) or ""
-        reason = str(error).splitlines()[0]
-        where = f"{key}.{bad_key}" if key and bad_key else (bad_key or key or "config")
-        raise ConfigError(f"config key '{where}': {reason} (check the spelling/type)") from None
+def _shared_ranges(*prefixes: str) -> dict[str, Range]:
+    """The training table's rules for the groups an entrypoint shares with conf/train.yaml."""
+    return {key: rule for key, rule in TRAIN_RANGES.items() if key.split(".")[0] in prefixes}
 
 
-def _at_least(value: Any, minimum: int, key: str) -> None:
-    if value is not None and int(value) < minimum:
-        raise ConfigError(f"config key '{key}' = {value}: must be >= {minimum}")
+# Value rules of conf/evaluate.yaml and conf/predict.yaml (types come from the schemas above).
+EVALUATE_RANGES: dict[str, Range] = {
+    "seed": SEED,
+    "batch_size": COUNT,
+    "max_new_tokens": COUNT,
+    "max_samples": OPTIONAL_COUNT,
+    "bootstrap.n_resamples": NON_NEGATIVE_INT,
+    "bootstrap.seed": SEED,
+    **_shared_ranges("dataset", "model", "hardware", "logger", "answer"),
+}
+PREDICT_RANGES: dict[str, Range] = {
+    "seed": SEED,
+    "max_new_tokens": COUNT,
+    **_shared_ranges("model", "hardware", "answer"),
+}
 
 
 def validate_evaluate_config(cfg: DictConfig) -> None:
     """Schema and value checks of a composed conf/evaluate.yaml; raises ConfigError (one line)."""
-    _check(cfg, EvaluateSchema, "")
+    check_schema(cfg, EvaluateSchema, "", where_to_fix="on the command line or in conf/evaluate.yaml")
     if cfg.logger.name not in LOGGER_SCHEMAS:
         raise ConfigError(
             f"config key 'logger.name' = {cfg.logger.name!r}: expected one of {list(LOGGER_SCHEMAS)}"
         )
-    _check(cfg.logger, LOGGER_SCHEMAS[cfg.logger.name], "logger")
+    check_schema(cfg.logger, LOGGER_SCHEMAS[cfg.logger.name], "logger")
     if cfg.split not in SPLITS:
         raise ConfigError(f"config key 'split' = {cfg.split!r}: expected one of {list(SPLITS)}")
-    _at_least(cfg.batch_size, 1, "batch_size")
-    _at_least(cfg.max_new_tokens, 1, "max_new_tokens")
-    _at_least(cfg.max_samples, 1, "max_samples")
-    _at_least(cfg.bootstrap.n_resamples, 0, "bootstrap.n_resamples")
+    check_ranges(cfg, EVALUATE_RANGES, top_level_file="conf/evaluate.yaml")
+    check_answer_fields(cfg.answer.fields)
+    check_model_budget(cfg.model)
 
 
 def validate_predict_config(cfg: DictConfig) -> None:
     """Schema and value checks of a composed conf/predict.yaml; raises ConfigError (one line)."""
-    _check(cfg, PredictSchema, "")
-    _at_least(cfg.max_new_tokens, 1, "max_new_tokens")
+    check_schema(cfg, PredictSchema, "", where_to_fix="on the command line or in conf/predict.yaml")
+    check_ranges(cfg, PREDICT_RANGES, top_level_file="conf/predict.yaml")
+    check_answer_fields(cfg.answer.fields)
+    check_model_budget(cfg.model)
     if not cfg.image:
         raise ConfigError(
             "config key 'image' is required: python -m skinderm.predict image=/path/to/lesion.jpg"
@@ -494,19 +513,49 @@ def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
 
 
 def check_image(path: str | Path) -> tuple[int, int]:
-    """(width, height) of a readable image file; FileNotFoundError / ValueError with a one-line message."""
+    """(width, height) of an image the model can be shown; one-line FileNotFoundError / ValueError otherwise.
+
+    Run before the model loads, so a typo in the path, a damaged file, a decompression bomb (more pixels
+    than PIL's Image.MAX_IMAGE_PIXELS: refused before decoding) or an aspect ratio Qwen2.5-VL's processor
+    refuses fails in a second instead of after minutes of loading.
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
+
+    from skinderm.models.coordinates import check_aspect_ratio
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"image={path}: no such file")
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.size
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; both are refused here.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                size = image.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ValueError(_too_many_pixels(path, error)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ValueError(f"image={path}: cannot be read as an image ({reason})") from None
+    try:
+        check_aspect_ratio(*size)
+    except ValueError as error:
+        raise ValueError(f"image={path}: {error}") from None
+    return size
+
+
+def _too_many_pixels(path: Path, error: BaseException) -> str:
+    from PIL import Image
+
+    numbers = re.findall(r"\d+", str(error))
+    count = f"{int(numbers[0]):,} pixels" if numbers else "too many pixels"
+    return (
+        f"image={path}: {count} is over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS); downscale it first (the model sees it shrunk to model.max_pixels)"
+    )
 
 
 def run_prediction(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -> dict[str, Any]:
@@ -521,12 +570,18 @@ def run_prediction(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
     original_size = check_image(image_path)
     choice = choose_model(cfg, overrides)
     builder = choice.builder()
-    model_size = model_input_size(
-        *original_size, min_pixels=builder.min_pixels, max_pixels=builder.max_pixels
-    )
+    try:
+        model_size = model_input_size(
+            *original_size, min_pixels=builder.min_pixels, max_pixels=builder.max_pixels
+        )
+    except ValueError as error:  # e.g. a run saved with a budget that cannot be honoured
+        raise ValueError(f"image={image_path} with {choice.description}: {error}") from None
+    from transformers import set_seed
+
     from skinderm.training.common import configure_torch
 
     configure_torch(cfg)
+    set_seed(int(cfg.seed))
     model, processor = load_chosen_model(choice, _plain(cfg.hardware))
     image = load_image(image_path, model_size)
     completion = generate_answers(
