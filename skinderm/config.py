@@ -488,7 +488,9 @@ def check_answer_fields(fields: Any, key: str = "answer.fields") -> None:
         )
     repeated = sorted({str(value) for value in values if values.count(value) > 1})
     if repeated:
-        raise ConfigError(f"config key '{key}': {repeated} listed more than once; list each field once")
+        raise ConfigError(
+            f"config key '{key}': {repeated} listed more than once; list each field once, e.g. {example}"
+        )
 
 
 def check_model_budget(model: DictConfig, key: str = "model") -> None:
@@ -569,7 +571,8 @@ def _check_cross_key_rules(cfg: DictConfig) -> None:
     if float(splits.val_fraction) + float(splits.test_fraction) >= 1:
         raise ConfigError(
             f"config keys 'dataset.splits.val_fraction' + 'dataset.splits.test_fraction' = "
-            f"{splits.val_fraction} + {splits.test_fraction}: must be < 1 to leave images for training"
+            f"{splits.val_fraction} + {splits.test_fraction}: must be < 1 to leave images for training, "
+            "e.g. dataset.splits.val_fraction=0.1 dataset.splits.test_fraction=0.2"
         )
     weights = cfg.reward.weights
     if not any(float(weights[name]) > 0 for name in weights):

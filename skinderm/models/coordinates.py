@@ -105,8 +105,9 @@ def check_pixel_budget(min_pixels: int, max_pixels: int, *, factor: int = FACTOR
     """
     if min_pixels <= 0 or max_pixels < min_pixels:
         raise ValueError(
-            f"need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}: "
-            "fix model.min_pixels / model.max_pixels"
+            f"model.min_pixels={min_pixels}, model.max_pixels={max_pixels}: need 0 < min_pixels < "
+            "max_pixels; fix model.min_pixels / model.max_pixels "
+            f"(e.g. model.min_pixels={DEFAULT_MIN_PIXELS} model.max_pixels=40000, the tiny model's)"
         )
     if min_pixels == max_pixels:
         raise ValueError(
