@@ -56,6 +56,19 @@ def test_predict_prints_json_only_and_writes_an_overlay(
         assert overlay.format == "PNG" and overlay.size == (600, 450)
 
 
+def test_an_extreme_aspect_image_is_answered_in_its_own_pixels(tmp_path: Path, shared_cache: Path) -> None:
+    """50x9000 (180:1): pre-resized to a size the processor keeps (28x1428), answered, mapped back."""
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (50, 9000), (205, 160, 130)).save(path)
+    result = predict_cli(tmp_path, shared_cache, f"image={path}", f"out={tmp_path / 'overlay.png'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    answer = json.loads(result.stdout)
+    assert answer["image_size"] == [50, 9000]
+    if answer["bbox_2d"] is not None:
+        x1, y1, x2, y2 = answer["bbox_2d"]
+        assert 0 <= x1 <= x2 <= 50 and 0 <= y1 <= y2 <= 9000
+
+
 @pytest.mark.parametrize("case", ["missing", "corrupt", "not_given"])
 def test_a_bad_image_is_one_line_error_with_exit_code_2(
     tmp_path: Path, shared_cache: Path, case: str

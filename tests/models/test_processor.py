@@ -123,6 +123,28 @@ def test_pixel_limits_decide_the_grid_like_model_input_size(processor):
         set_pixel_limits(processor, min_pixels=0, max_pixels=40_000)
 
 
+@pytest.mark.parametrize(
+    ("original", "max_pixels"),
+    [((2650, 50), 40_000), ((50, 9000), 40_000), ((9000, 50), 200_704), ((600, 450), 40_000)],
+)
+def test_the_processor_keeps_a_pre_resized_image_as_it_is(processor, original, max_pixels):
+    """Extreme aspect ratios included: the grid is the model_input_size the boxes were scaled into."""
+    set_pixel_limits(processor, min_pixels=3136, max_pixels=max_pixels)
+    try:
+        width, height = model_input_size(*original, min_pixels=3136, max_pixels=max_pixels)
+        grid = processor(text=[prompt_text(processor)], images=[image(width, height)])["image_grid_thw"][0]
+    finally:
+        set_pixel_limits(processor, min_pixels=3136, max_pixels=40_000)
+    assert [int(v) for v in grid] == [1, height // 14, width // 14]
+
+
+def test_a_budget_that_cannot_be_honoured_is_refused(processor):
+    for low, high in ((40_000, 40_000), (39_300, 39_500), (50_000, 40_000)):
+        with pytest.raises(ValueError, match=r"model\.min_pixels"):
+            set_pixel_limits(processor, min_pixels=low, max_pixels=high)
+    assert processor.image_processor.size.longest_edge == 40_000
+
+
 def test_batch_of_two_images_expands_each_placeholder_by_its_own_grid(processor):
     texts = [prompt_text(processor)] * 2
     batch = processor(
