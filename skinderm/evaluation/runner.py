@@ -235,7 +235,12 @@ def validate_evaluate_config(cfg: DictConfig) -> None:
     check_schema(cfg.logger, LOGGER_SCHEMAS[cfg.logger.name], "logger")
     if cfg.split not in SPLITS:
         raise ConfigError(f"config key 'split' = {cfg.split!r}: expected one of {list(SPLITS)}")
-    check_ranges(cfg, EVALUATE_RANGES, top_level_file="conf/evaluate.yaml")
+    from skinderm.data.isic2018 import DATASET_NAME as ISIC2018_TEST
+
+    rules = EVALUATE_RANGES
+    if cfg.dataset.name == ISIC2018_TEST:  # one test set, no split fractions (its test_fraction is 1)
+        rules = {key: rule for key, rule in rules.items() if not key.startswith("dataset.splits.")}
+    check_ranges(cfg, rules, top_level_file="conf/evaluate.yaml")
     check_answer_fields(cfg.answer.fields)
     check_model_budget(cfg.model)
 
