@@ -147,3 +147,28 @@ def test_log_lines_name_their_rank_only_in_multi_process_runs(
     GlobalHydra.instance().clear()
     log_format = OmegaConf.to_container(cfg.hydra.job_logging.formatters, resolve=True)["simple"]["format"]
     assert log_format == f"[%(asctime)s]{tag}[%(name)s][%(levelname)s] %(message)s"
+
+
+def test_every_range_rule_names_a_key_the_shipped_configs_have(compose_train) -> None:
+    """A renamed key must not silently drop its rule (check_ranges skips keys a config lacks)."""
+    from omegaconf import OmegaConf
+
+    from skinderm.config import TRAIN_RANGES
+
+    composed = [compose_train(), compose_train(["stage=grpo"])]
+    missing = [
+        key
+        for key in TRAIN_RANGES
+        if all(OmegaConf.select(cfg, key, default="<absent>") == "<absent>" for cfg in composed)
+    ]
+    assert not missing
+
+
+def test_range_rules_describe_what_is_allowed() -> None:
+    from skinderm.config import COUNT, FRACTION, POSITIVE, SEED, Range
+
+    assert COUNT.allows(1) and not COUNT.allows(0) and not COUNT.allows(1.5) and not COUNT.allows(True)
+    assert POSITIVE.allows(1e-9) and not POSITIVE.allows(0) and not POSITIVE.allows(float("inf"))
+    assert not POSITIVE.allows(float("nan")) and FRACTION.allows("0.5") and not FRACTION.allows(1.01)
+    assert SEED.describe() == "an integer >= 0 and <= 4294967295"
+    assert Range(low=1, integer=True, optional=True).allows(None) and not COUNT.allows(None)
