@@ -31,6 +31,17 @@ if not OmegaConf.has_resolver("run_dir"):
     OmegaConf.register_new_resolver("run_dir", _run_dir)
 
 
+def _hydra_subdir(resume: str | None, stamp: str) -> str:
+    """Where Hydra writes its config/overrides record: `.hydra`, or `.hydra/resume_<time>` for a resume, so
+    that a resume attempt never overwrites the record of how the run was started."""
+    return ".hydra" if resume in (None, "", "null", "None") else f".hydra/resume_{stamp}"
+
+
+# `${hydra_subdir:${resume},<time stamp>}` in conf/hydra.
+if not OmegaConf.has_resolver("hydra_subdir"):
+    OmegaConf.register_new_resolver("hydra_subdir", _hydra_subdir)
+
+
 def _rank_tag() -> str:
     """`[rank k]` in processes of a multi-process launch (torchrun/accelerate set WORLD_SIZE and RANK):
     all ranks append to the one train.log of the run folder. Empty in a single process."""

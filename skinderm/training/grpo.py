@@ -29,6 +29,7 @@ from skinderm.training.common import (
     trainer_arguments,
 )
 from skinderm.training.evaluate_after import answer_on_all_ranks
+from skinderm.training.resume import ResumableTrainerMixin
 from skinderm.training.run import (
     RESOLVED_CONFIG_FILE,
     RunFolder,
@@ -88,7 +89,7 @@ def load_stage1_policy(cfg: DictConfig, init_run: Path) -> tuple[Any, Any, Any]:
     return model, processor, None if keeps_adapter else lora_config(cfg)
 
 
-class SkindermGRPOTrainer(GRPOTrainer):
+class SkindermGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
     """GRPOTrainer whose W&B completion table holds plain cells (TRL 1.16's crashes on image prompts).
 
     TRL puts chat messages (lists of dicts) and lists of images into `wandb.Table` cells, which raises

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from skinderm.training.run import RunFolder
+from skinderm.training.run import RESOLVED_CONFIG_FILE, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,8 @@ def run_training(cfg: DictConfig, *, callbacks: Sequence[Any] = ()) -> dict[str,
 
     run = RunFolder(Path(cfg.paths.output_dir))
     checkpoint = resume_checkpoint(cfg, run)
-    run.save_resolved_config(cfg)
+    if checkpoint is None:  # a resumed run keeps its record: its config was checked to be the same
+        run.save_resolved_config(cfg)
     set_seed(int(cfg.seed))
     configure_torch(cfg)
     recipe = _recipe(cfg.stage.name)
@@ -73,21 +74,80 @@ def data_summary(cfg: DictConfig) -> dict[str, Any] | None:
 
 
 def resume_checkpoint(cfg: DictConfig, run: RunFolder) -> Path | None:
-    """The checkpoint to continue from when `resume` is set (the run folder is already the resumed one)."""
-    if not cfg.get("resume"):
-        return None
-    from skinderm.training.checkpoints import last_complete_checkpoint
+    """The checkpoint to continue from when `resume` is set (the run folder is already the resumed one).
 
+    Everything is checked before anything is written, so a refused or failed resume leaves the run folder
+    as it was: the run must be unfinished, hold an intact checkpoint, and be resumed with the config it was
+    started with.
+    """
+    if cfg.get("resume") in (None, "", "null", "None"):
+        return None
+    from skinderm.training.checkpoints import checkpoint_problems, last_complete_checkpoint, resume_target
+
+    target, reason = resume_target(cfg.resume, str(Path(cfg.paths.log_dir) / cfg.task_name / "runs"))
+    if reason:
+        raise ValueError(reason)
+    if target.resolve() != run.path.resolve():
+        raise ValueError(
+            f"resume={cfg.resume}: this process writes into {run.path}, not the run to resume {target}; "
+            f"with scripts/launch.sh set SKINDERM_RUN_DIR={target}"
+        )
     checkpoint = last_complete_checkpoint(run.checkpoints_dir)
     if checkpoint is None:
+        damaged = "; ".join(checkpoint_problems(run.checkpoints_dir)) or "none written yet"
         raise FileNotFoundError(
-            f"resume={cfg.resume}: no complete checkpoint in {run.checkpoints_dir}; "
+            f"resume={cfg.resume}: no intact checkpoint in {run.checkpoints_dir} ({damaged}); "
             "start without resume (checkpoints are written every stage.save_steps)"
         )
-    if (run.path / "FINISHED").exists():
-        (run.path / "FINISHED").unlink()  # it is running again; `latest` must not pick it until it ends
+    changed = config_changes(run.path / RESOLVED_CONFIG_FILE, cfg)
+    if changed:
+        raise ValueError(
+            f"resume={cfg.resume}: the config differs from the run's own ({'; '.join(changed[:4])}); "
+            "resume with the overrides the run was started with (its .hydra/overrides.yaml)"
+        )
     log.info("resuming %s from %s", run.path, checkpoint)
     return checkpoint
+
+
+# Keys that may differ between a run and its resume: the switch itself and where files live.
+_RESUME_FREE_KEYS = ("resume", "paths")
+
+
+def config_changes(saved_path: Path, cfg: DictConfig) -> list[str]:
+    """`key: was X, now Y` for every setting the resumed config changes against the run's saved one.
+
+    Paths are taken from the saved config before comparing, so values derived from them (the synthetic
+    data folder, the tiny model's cache) compare equal when a run folder was moved.
+    """
+    from omegaconf import OmegaConf
+
+    try:
+        saved = OmegaConf.load(saved_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"resume: {saved_path} is missing or unreadable ({type(error).__name__}); this run cannot be "
+            "resumed safely, start a new one"
+        ) from None
+    candidate = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for key in _RESUME_FREE_KEYS:
+        if key in saved:
+            candidate[key] = saved[key]
+    ours = _flatten(OmegaConf.to_container(candidate, resolve=True))
+    theirs = _flatten(OmegaConf.to_container(saved, resolve=True))
+    return [
+        f"{key}: was {theirs.get(key, '<absent>')}, now {ours.get(key, '<absent>')}"
+        for key in sorted(set(ours) | set(theirs))
+        if ours.get(key) != theirs.get(key)
+    ]
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        flat: dict[str, Any] = {}
+        for key, value in node.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): node}
 
 
 def _is_scalar(value: Any) -> bool:

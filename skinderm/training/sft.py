@@ -26,6 +26,7 @@ from skinderm.training.common import (
 )
 from skinderm.training.evaluate_after import evaluate_on_split
 from skinderm.training.optim import build_optimizer
+from skinderm.training.resume import ResumableTrainerMixin
 from skinderm.training.run import RunFolder, to_plain
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
 
@@ -38,7 +39,30 @@ def class_balanced_weights(labels: Sequence[str]) -> torch.Tensor:
     return torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
 
 
-class ModuleLRSFTTrainer(SFTTrainer):
+class EpochSeededWeightedSampler(torch.utils.data.Sampler[int]):
+    """Weighted draws (with replacement) whose order depends only on (seed, epoch).
+
+    The Trainer calls `set_epoch` before each epoch, also after a resume, so a run resumed in epoch 3 sees
+    exactly the batches an uninterrupted run sees there (a sampler with one long-lived generator would
+    replay epoch 1's order instead).
+    """
+
+    def __init__(self, weights: torch.Tensor, *, seed: int) -> None:
+        self.weights, self.seed, self.epoch = weights, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.weights)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        draws = torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator)
+        return iter(draws.tolist())
+
+
+class ModuleLRSFTTrainer(ResumableTrainerMixin, SFTTrainer):
     """SFTTrainer whose AdamW gives each module family its own learning rate (`stage.lr_multipliers`).
 
     Built in `create_optimizer`, i.e. after any PEFT wrapping, so adapters are covered too.
@@ -67,10 +91,14 @@ class ClassBalancedSFTTrainer(ModuleLRSFTTrainer):
         super().__init__(*args, **kwargs)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
-        generator = torch.Generator().manual_seed(int(self.args.data_seed or self.args.seed))
-        return torch.utils.data.WeightedRandomSampler(
-            self._sample_weights, num_samples=len(self._sample_weights), replacement=True, generator=generator
+        return EpochSeededWeightedSampler(
+            self._sample_weights, seed=int(self.args.data_seed or self.args.seed)
         )
+
+
+def evaluated_at(history: Sequence[Mapping[str, Any]], step: int) -> bool:
+    """Whether the log history already holds an eval loss for `step` (eval_steps divides max_steps)."""
+    return any("eval_loss" in entry and entry.get("step") == step for entry in history)
 
 
 def run_sft(
@@ -131,8 +159,8 @@ def run_sft(
     if cfg.hardware.record_shards:
         record_data_shards(trainer, run.path / SHARDS_DIR)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    if eval_dataset is not None:
-        trainer.evaluate()
+    if eval_dataset is not None and not evaluated_at(trainer.state.log_history, trainer.state.global_step):
+        trainer.evaluate()  # the final weights' eval loss, unless the loop's last eval was at this step
 
     save_policy(trainer, processor, run)
 
