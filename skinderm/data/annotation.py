@@ -41,7 +41,7 @@ from skinderm.data.errors import (
     write_skipped_csv,
 )
 from skinderm.data.ham10000 import OnError, check_on_error, index_dataset
-from skinderm.data.images import read_image_size
+from skinderm.data.images import decode_mask, read_image_size
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,15 @@ EMPTY_GEOMETRY = MaskGeometry(None, None, None, None, 0, None)
 
 
 def annotate_mask(mask: np.ndarray) -> MaskGeometry:
-    """Geometry of a lesion mask: (H, W) or (H, W, C) (first channel used), any dtype, lesion = > 127.
+    """Geometry of a lesion mask: (H, W) or (H, W, C) (maximum over the first 3 channels, as in
+    `decode_mask`), any dtype, lesion = > 127.
 
     Boolean masks count True as lesion. Resized or lossy masks carry values other than 0/255, hence
     the threshold rather than `!= 0`.
     """
     mask = np.asarray(mask)
     if mask.ndim == 3:
-        mask = mask[:, :, 0]
+        mask = mask[:, :, :3].max(axis=2)
     if mask.ndim != 2 or mask.size == 0:
         raise ValueError(f"A mask must be a non-empty (H, W) or (H, W, C) array, got shape {mask.shape}.")
     if mask.dtype == np.uint8:
@@ -236,21 +237,13 @@ def _geometry(
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """A mask file decoded to (H, W) uint8 (colour masks are converted to grey by OpenCV)."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        if not Path(path).is_file():
-            raise DataFileNotFoundError(f"Mask file {path} does not exist.")
-        raise DataError(
-            f"Mask file {path} cannot be decoded (corrupt or not an image): re-extract it.",
-            reason="mask_unreadable",
-        )
-    return mask
+    """A mask file decoded to (H, W) contiguous uint8, 0..255 (16-bit and colour masks: `decode_mask`)."""
+    return decode_mask(path).values
 
 
 def annotate_mask_file(path: str | Path) -> MaskGeometry:
     """`annotate_mask(read_mask(path))`: the per-mask unit of work of dataset annotation."""
-    return _annotate_uint8(read_mask(path), threshold=True)[0]  # imread gives contiguous uint8
+    return _annotate_uint8(read_mask(path), threshold=True)[0]
 
 
 def default_workers() -> int:
@@ -306,14 +299,23 @@ def _spawn_can_import_main() -> bool:
 
 
 Problem = tuple[str, str, str]  # (reason, file, one-line message)
+# Per-mask findings that `annotate_dataset` counts and warns about (flag -> summary key).
+_MASK_FLAGS: dict[str, str] = {
+    "_nonbinary": "masks_nonbinary",
+    "_faint": "masks_faint",
+    "_16bit": "masks_16bit",
+    "_color": "masks_color",
+    "_full": "masks_full",
+}
 
 
 def _annotate_item(item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | None, Problem | None]:
     """(image size + mask geometry, None) or (None, problem) for one image.
 
-    The image is checked, not decoded (header + end marker: `read_image_size`). Besides the record
-    fields the result carries `_nonbinary` (mask values other than 0 and 255, thresholded at > 127)
-    and `_faint` (nonzero mask pixels, none above 127: most likely a 0/1 mask).
+    The image is checked (`read_image_size`: end marker and a reduced decode). Besides the record
+    fields the result carries the flags of `_MASK_FLAGS`: `_nonbinary` (mask values other than 0 and
+    255, thresholded at > 127), `_faint` (nonzero mask pixels, none above 127: most likely a 0/1
+    mask), `_16bit` (a 16-bit file), `_color` (channels that differ) and `_full` (every pixel lesion).
     """
     _, image_path, mask_path = item
     try:
@@ -323,17 +325,17 @@ def _annotate_item(item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | 
     result: dict[str, Any] = {
         "image_width": width,
         "image_height": height,
-        "_nonbinary": False,
-        "_faint": False,
+        **dict.fromkeys(_MASK_FLAGS, False),
     }
     if mask_path is None:
         result.update(mask_available=False, **EMPTY_GEOMETRY.as_dict())
         result["n_components"] = None
         return result, None
     try:
-        mask = read_mask(mask_path)
+        decoded = decode_mask(mask_path)
     except DataError as error:  # a mask listed a moment ago that vanished counts as unreadable
         return None, ("mask_unreadable", mask_path, str(error))
+    mask = decoded.values
     if mask.shape != (height, width):
         rotated = " (rotated?)" if mask.shape == (width, height) else ""
         return None, (
@@ -342,9 +344,12 @@ def _annotate_item(item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | 
             f"Mask file {mask_path} is {mask.shape[1]}x{mask.shape[0]}{rotated} but its image {image_path} "
             f"is {width}x{height}; masks must have their image's size (re-extract the segmentation archive).",
         )
-    geometry, nonzero_rows = _annotate_uint8(mask, threshold=True)  # read_mask: contiguous uint8
+    geometry, nonzero_rows = _annotate_uint8(mask, threshold=True)  # decode_mask: contiguous uint8
     result["_nonbinary"] = nonzero_rows.size > 0 and cv2.countNonZero(cv2.inRange(nonzero_rows, 1, 254)) > 0
     result["_faint"] = geometry.n_components == 0 and nonzero_rows.size > 0
+    result["_16bit"] = decoded.bit_depth != 8
+    result["_color"] = decoded.color
+    result["_full"] = geometry.area_fraction == 1.0
     result.update(mask_available=geometry.n_components > 0, **geometry.as_dict())
     return result, None
 
@@ -376,6 +381,7 @@ def annotate_dataset(
     on_error = check_on_error(on_error)
     root = Path(root)
     out_dir = root if out_dir is None else Path(out_dir)
+    layout.remove_stale_temp_files(out_dir)
     index = index_dataset(root, on_error=on_error)
     metadata = index.metadata
     items = [
@@ -402,8 +408,7 @@ def annotate_dataset(
         )
     skipped = list(index.skipped)
     records: list[dict[str, Any]] = []
-    nonbinary: list[str] = []
-    faint: list[str] = []
+    flagged: dict[str, list[str]] = {flag: [] for flag in _MASK_FLAGS}  # flag -> image ids
     for row, (image_id, image_path, mask_path), (result, problem) in zip(
         metadata.itertuples(index=False), items, results, strict=True
     ):
@@ -411,10 +416,9 @@ def annotate_dataset(
             reason, file, message = problem
             skipped.append(SkippedItem(image_id, file, reason, index.lines[image_id], message))
             continue
-        if result.pop("_nonbinary"):
-            nonbinary.append(image_id)
-        if result.pop("_faint"):
-            faint.append(image_id)
+        for flag, ids in flagged.items():
+            if result.pop(flag):
+                ids.append(image_id)
         record: dict[str, Any] = {"image_id": image_id}
         record.update({name: _plain(getattr(row, name)) for name in _METADATA_FIELDS})
         record["image_path"] = Path(image_path).relative_to(root).as_posix()
@@ -422,17 +426,7 @@ def annotate_dataset(
         record.update(result)
         records.append({name: record[name] for name in RECORD_COLUMNS})
     skipped = sort_items(skipped)
-    if nonbinary:
-        log.warning(
-            "%d masks hold values other than 0 and 255 (first: %s); thresholded at > 127",
-            len(nonbinary), nonbinary[:5],
-        )  # fmt: skip
-    if faint:
-        log.warning(
-            "%d masks have nonzero pixels but none above 127 (0/1 masks? first: %s); they count as empty: "
-            "rescale them to 0/255",
-            len(faint), faint[:5],
-        )  # fmt: skip
+    _warn_about_masks(flagged)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     skipped_csv = write_skipped_csv(skipped, out_dir)
@@ -450,7 +444,7 @@ def annotate_dataset(
         "skip_counts": skip_counts(skipped),
         "masks_missing": sum(1 for r in records if r["mask_path"] is None),
         "masks_empty": sum(1 for r in records if r["mask_path"] is not None and not r["mask_available"]),
-        "masks_nonbinary": len(nonbinary),
+        **{key: len(flagged[flag]) for flag, key in _MASK_FLAGS.items()},
     }
     frame = records_to_frame(records)
     json_path = out_dir / layout.ANNOTATIONS_JSON
@@ -463,11 +457,36 @@ def annotate_dataset(
     return frame
 
 
+_MASK_WARNINGS: dict[str, str] = {
+    "_nonbinary": "%d masks hold values other than 0 and 255 (first: %s); thresholded at > 127",
+    "_faint": "%d masks have nonzero pixels but none above 127 (0/1 masks? first: %s); they count as empty: "
+    "rescale them to 0/255",
+    "_16bit": "%d masks are 16-bit PNGs (first: %s); read at their bit depth: values up to 255 as 8-bit, "
+    "larger ones scaled from 0-65535 (lesion = above half the range)",
+    "_color": "%d masks have colour channels that differ (first: %s); lesion = any colour channel above 127: "
+    "check that the lesion is the coloured part",
+    "_full": "%d masks mark the whole image as lesion (first: %s): a wrong or inverted mask? They are kept "
+    "(box = the whole image); fix or delete them and re-annotate",
+}
+
+
+def _warn_about_masks(flagged: dict[str, list[str]]) -> None:
+    """One warning per kind of odd mask, with the count and the first ids (the counts go in the summary)."""
+    for flag, ids in flagged.items():
+        if ids:
+            log.warning(_MASK_WARNINGS[flag], len(ids), ids[:5])
+
+
 # df.attrs keys set by `annotate_dataset` and `prepare_dataset` (fresh or reused annotations alike).
 ATTRS_KEYS: tuple[str, ...] = (
     "json_path", "csv_path", "skipped_csv", "missing_images", "skipped", "skip_counts",
-    "masks_missing", "masks_empty", "masks_nonbinary", "data_summary",
+    "masks_missing", "masks_empty", "masks_nonbinary", "masks_faint", "masks_16bit", "masks_color",
+    "masks_full", "data_summary",
 )  # fmt: skip
+
+
+# Mask counts of the summary, in order: no mask file, no lesion pixel, then the findings of `_MASK_FLAGS`.
+MASK_COUNT_KEYS: tuple[str, ...] = ("masks_missing", "masks_empty", *_MASK_FLAGS.values())
 
 
 def annotation_attrs(
@@ -476,7 +495,7 @@ def annotation_attrs(
     """What a records frame carries in `attrs` about its annotation run (see `ATTRS_KEYS`).
 
     `data_summary` is flat (str -> int) for metrics files: images_listed, images_used, skipped_total,
-    skipped_<reason> for every reason of `SKIP_REASONS`, masks_missing, masks_empty, masks_nonbinary.
+    skipped_<reason> for every reason of `SKIP_REASONS`, then the mask counts of `MASK_COUNT_KEYS`.
     """
     counts = {reason: int(summary["skip_counts"].get(reason, 0)) for reason in SKIP_REASONS}
     skipped_csv = out_dir / layout.SKIPPED_CSV
@@ -485,9 +504,7 @@ def annotation_attrs(
         "images_used": int(summary["images_used"]),
         "skipped_total": sum(counts.values()),
         **{f"skipped_{reason}": count for reason, count in counts.items()},
-        "masks_missing": int(summary["masks_missing"]),
-        "masks_empty": int(summary["masks_empty"]),
-        "masks_nonbinary": int(summary["masks_nonbinary"]),
+        **{key: int(summary[key]) for key in MASK_COUNT_KEYS},
     }
     return {
         "json_path": str(out_dir / layout.ANNOTATIONS_JSON),
@@ -496,9 +513,7 @@ def annotation_attrs(
         "missing_images": [item.image_id for item in skipped if item.reason == "image_missing"],
         "skipped": [[item.image_id, item.detail] for item in skipped if item.reason != "image_missing"],
         "skip_counts": counts,
-        "masks_missing": data_summary["masks_missing"],
-        "masks_empty": data_summary["masks_empty"],
-        "masks_nonbinary": data_summary["masks_nonbinary"],
+        **{key: data_summary[key] for key in MASK_COUNT_KEYS},
         "data_summary": data_summary,
     }
 
@@ -507,11 +522,20 @@ def format_data_summary(attrs: dict[str, Any]) -> str:
     """One line for logs: images used of listed, skips per reason (and where they are listed), masks."""
     summary = attrs["data_summary"]
     where = f"; listed in {attrs['skipped_csv']}" if attrs.get("skipped_csv") else ""
+    odd = "".join(
+        f", {summary[key]} {label}"
+        for key, label in (
+            ("masks_16bit", "16-bit"),
+            ("masks_color", "colour"),
+            ("masks_full", "whole-image"),
+        )
+        if summary[key]
+    )
     return (
         f"{summary['images_used']} of {summary['images_listed']} listed images used, "
         f"{summary['skipped_total']} skipped ({format_counts(attrs['skip_counts'])}{where}); masks: "
         f"{summary['masks_missing']} missing, {summary['masks_empty']} empty, "
-        f"{summary['masks_nonbinary']} non-binary (thresholded at > 127)"
+        f"{summary['masks_nonbinary']} non-binary (thresholded at > 127){odd}"
     )
 
 
@@ -522,8 +546,8 @@ def read_annotation_summary(out_dir: str | Path) -> dict[str, Any] | None:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    needed = {"on_error", "images_listed", "images_used", "skip_counts", "masks_missing", "masks_empty",
-              "masks_nonbinary"}  # fmt: skip
+    # A summary without the newer mask counts was written before those masks were detected: redo it.
+    needed = {"on_error", "images_listed", "images_used", "skip_counts", *MASK_COUNT_KEYS}
     return summary if isinstance(summary, dict) and needed <= set(summary) else None
 
 

@@ -47,9 +47,11 @@ SKIP_REASONS: dict[str, str] = {
     "bad_age": "metadata age is not a number",
     "duplicate_image_id": "metadata lists the image_id more than once",
     "image_missing": "listed in the metadata, but no image file",
-    "image_unreadable": "image file is not an image PIL can open (empty, corrupt header)",
-    "image_truncated": "image file is cut off (no end-of-image marker)",
-    "mask_unreadable": "mask file cannot be decoded",
+    "duplicate_image_file": "two different image files for the image_id (in two image folders)",
+    "image_unreadable": "image file is not an image PIL can open (empty, corrupt, a symbolic link loop)",
+    "image_truncated": "image file is cut off (no end-of-image marker, or its data stops early)",
+    "image_too_large": "image has more pixels than PIL's decompression-bomb limit",
+    "mask_unreadable": "mask file cannot be decoded (or is a symbolic link loop)",
     "mask_size_mismatch": "mask size differs from its image's size",
 }
 SKIPPED_COLUMNS: tuple[str, ...] = ("image_id", "file", "reason", "line", "detail")

@@ -8,6 +8,8 @@ and returned as a `SkippedItem` instead (counted and listed by the caller, never
 
 from __future__ import annotations
 
+import csv
+import filecmp
 import logging
 import os
 from dataclasses import dataclass, field
@@ -131,6 +133,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             f"Cannot parse metadata file {path}: {reason}. Re-download HAM10000_metadata."
         ) from None
     known = {name.lower(): name for name in layout.METADATA_COLUMNS}
+    _check_unique_header(path, delimiter, known)
     table.columns = [known.get(str(c).strip().lower(), str(c).strip()) for c in table.columns]
     missing = [column for column in layout.REQUIRED_METADATA_COLUMNS if column not in table.columns]
     if missing:
@@ -138,9 +141,6 @@ def _read_table(path: Path) -> pd.DataFrame:
             f"Metadata file {path} lacks columns {missing} (found {list(table.columns)}); "
             "is this HAM10000_metadata? Expected " + ", ".join(layout.REQUIRED_METADATA_COLUMNS) + "."
         )
-    if table.columns.duplicated().any():
-        repeated = sorted(set(table.columns[table.columns.duplicated()]))
-        raise DataError(f"Metadata file {path} has the column(s) {repeated} twice; keep one of each.")
     if "dataset" not in table.columns:
         table["dataset"] = None
     blank = table.isna().all(axis=1)
@@ -150,6 +150,29 @@ def _read_table(path: Path) -> pd.DataFrame:
     for column in ("lesion_id", "image_id", "dx", "dx_type", "sex", "localization", "dataset"):
         table[column] = table[column].map(lambda value: value.strip() if isinstance(value, str) else value)
     return table
+
+
+def _check_unique_header(path: Path, delimiter: str, known: dict[str, str]) -> None:
+    """Refuse a header that names a column twice (e.g. two dx columns).
+
+    Why: pandas renames the second one to "dx.1" and reads on, so one of them would be used silently.
+    Names are compared as the reader matches them (stripped; known columns in any letter case).
+    """
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        header = next(csv.reader(handle, delimiter=delimiter), [])
+    names = [known.get(cell.strip().lower(), cell.strip()) for cell in header]
+    positions: dict[str, list[int]] = {}
+    for number, name in enumerate(names, start=1):
+        positions.setdefault(name, []).append(number)
+    repeated = {name: numbers for name, numbers in positions.items() if len(numbers) > 1 and name}
+    if repeated:
+        shown = "; ".join(
+            f"{name!r} in columns {', '.join(map(str, numbers))}" for name, numbers in repeated.items()
+        )
+        raise DataError(
+            f"Metadata file {path} has a column more than once ({shown}); delete the extra column(s) so "
+            "that each name appears once (which one is right cannot be told)."
+        )
 
 
 def _row_problems(table: pd.DataFrame, lines: list[int]) -> dict[int, tuple[str, str, str]]:
@@ -219,12 +242,18 @@ def find_images(root: str | Path) -> dict[str, Path]:
     """image_id -> JPEG path over every image folder spelling; the first folder (sorted) wins duplicates.
 
     Kaggle's copy holds each image twice (upper- and lower-case folders); that is not an error.
+    `index_dataset` checks that copies of a listed image agree (`image_copies`).
     """
-    images: dict[str, Path] = {}
+    return {image_id: paths[0] for image_id, paths in image_copies(root).items()}
+
+
+def image_copies(root: str | Path) -> dict[str, list[Path]]:
+    """image_id -> every file of that id, one per image folder, in folder order (sorted by id)."""
+    copies: dict[str, list[Path]] = {}
     for folder in layout.find_image_folders(root):
         for image_id, path in _scan(folder, layout.IMAGE_FILE_PATTERN).items():
-            images.setdefault(image_id, path)
-    return dict(sorted(images.items()))
+            copies.setdefault(image_id, []).append(path)
+    return dict(sorted(copies.items()))
 
 
 def find_masks(root: str | Path) -> dict[str, Path]:
@@ -234,13 +263,57 @@ def find_masks(root: str | Path) -> dict[str, Path]:
 
 
 def _scan(folder: Path, pattern) -> dict[str, Path]:
+    """Files named like `pattern` in `folder`; symbolic links that lead nowhere are kept too.
+
+    Why: a link loop or a dangling link is the user's file gone wrong, not an absent one: reading it
+    says so (`images.file_error`), where leaving it out would report "missing" or crash on the loop.
+    """
     found: dict[str, Path] = {}
     with os.scandir(folder) as entries:
         for entry in entries:
             match = pattern.fullmatch(entry.name)
-            if match and entry.is_file():
+            if not match:
+                continue
+            try:
+                usable = entry.is_file()
+            except OSError:  # a symbolic link loop (ELOOP)
+                usable = True
+            if usable or entry.is_symlink():
                 found[match.group(1)] = Path(entry.path)
     return found
+
+
+Conflict = tuple[str, Path, Path]  # (image_id, the copy used, a copy with other content)
+
+
+def _compare_copies(copies: dict[str, list[Path]], ids: set[str]) -> tuple[list[Conflict], list[Conflict]]:
+    """(conflicting copies, identical copies in folders that differ beyond letter case) of listed ids.
+
+    Kaggle's lower-case folders repeat the canonical ones: those copies are compared by size only (a
+    full read of 10k pairs would double annotation's I/O); copies in really different folders (part_1
+    and part_2) byte by byte.
+    """
+    conflicts: list[Conflict] = []
+    identical: list[Conflict] = []
+    for image_id, paths in copies.items():
+        if len(paths) < 2 or image_id not in ids:
+            continue
+        first = paths[0]
+        for other in paths[1:]:
+            same_folder = first.parent.name.lower() == other.parent.name.lower()
+            try:
+                equal = (
+                    first.stat().st_size == other.stat().st_size
+                    if same_folder
+                    else filecmp.cmp(first, other, shallow=False)
+                )
+            except OSError:  # a link loop or dangling link: reading the copy used reports it
+                continue
+            if not equal:
+                conflicts.append((image_id, first, other))
+            elif not same_folder:
+                identical.append((image_id, first, other))
+    return conflicts, identical
 
 
 @dataclass(frozen=True)
@@ -270,7 +343,8 @@ def index_dataset(root: str | Path, on_error: OnError = "raise") -> Ham10000Inde
     root = Path(root)
     metadata = load_metadata(root, on_error)
     table = metadata.table
-    images = find_images(root)
+    copies = image_copies(root)
+    images = {image_id: paths[0] for image_id, paths in copies.items()}
     if not images:
         raise DataFileNotFoundError(
             f"No images in {root}: expected ISIC_xxxxxxx.jpg files in "
@@ -288,7 +362,36 @@ def index_dataset(root: str | Path, on_error: OnError = "raise") -> Ham10000Inde
             f"{{{folders}}} (first: {first}). Unzip both image archives, or set dataset.on_error=skip "
             "to leave them out."
         )
+    conflicts, identical = _compare_copies(copies, set(table["image_id"]))
+    if identical:
+        image_id, first, other = identical[0]
+        log.warning(
+            "%d images are in two image folders with identical content (first: %s in %s and %s); using "
+            "the copy in %s",
+            len(identical), image_id, first.parent, other.parent, first.parent.name,
+        )  # fmt: skip
     skipped = list(metadata.skipped)
+    differing: dict[str, tuple[Path, str]] = {}  # image_id -> (the other copy, message)
+    for image_id, first, other in conflicts:
+        message = (
+            f"Image {image_id} (metadata line {lines[image_id]}) has two different files, {first} and "
+            f"{other}: delete the wrong one (which is right cannot be told)"
+        )
+        differing.setdefault(image_id, (other, message))
+    if differing and on_error == "raise":
+        _, message = differing[min(differing, key=lambda image_id: lines[image_id])]
+        raise DataError(
+            f"{message} [{len(differing)} image(s) with differing copies: set dataset.on_error=skip to "
+            "leave them out and list them in skipped.csv]",
+            reason="duplicate_image_file",
+        )
+    for image_id, (other, message) in differing.items():
+        skipped.append(SkippedItem(image_id, str(other), "duplicate_image_file", lines[image_id], message))
+    if differing:
+        has_image &= ~table["image_id"].isin(differing.keys())
+        log.warning(
+            "Skipping %d images with two different files (first: %s)", len(differing), next(iter(differing))
+        )
     for image_id in missing:
         expected = f"{root}/{{{folders}}}/{layout.image_filename(image_id)}"
         skipped.append(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import logging
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,8 @@ try:  # POSIX only; elsewhere the lock is a no-op (single-process use).
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 # Metadata: Kaggle ships a comma-separated `.csv`; Dataverse a tab-separated file with no
 # extension (or `.tab`, Dataverse's name for ingested tables). Searched in this order.
@@ -65,7 +69,10 @@ ANNOTATIONS_SUMMARY_JSON = "ham10000_with_spatial_data.summary.json"
 SKIPPED_CSV = "skipped.csv"
 # Written by the synthetic generator only.
 SYNTHETIC_GROUND_TRUTH_CSV = "synthetic_ground_truth.csv"
-COMPLETE_MARKER = ".complete"
+COMPLETE_MARKER = ".complete"  # written last: the dataset is complete
+SYNTHETIC_MARKER = ".synthetic"  # written first: the folder is the generator's (even if interrupted)
+SYNTHESIZE_LOCK = ".synthesize.lock"  # inside the dataset folder, so nothing is left beside it
+PREPARE_LOCK = ".prepare.lock"  # in the annotations folder: one rank prepares, the others wait
 
 
 def image_filename(image_id: str) -> str:
@@ -145,14 +152,83 @@ def find_mask_folder(root: str | Path) -> Path | None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write through a temporary file and rename, so readers never see half a file."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """`atomic_write_text` for bytes. Any OSError (a full disk: ENOSPC, EDQUOT) names `path`.
+
+    Why: a failed write() reports no file name (and a failed open the temporary one), so the one-line
+    message would not say which file could not be written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        _write_new_file(tmp, data)
         os.replace(tmp, path)
+    except OSError as error:
+        raise _naming(error, path) from error
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """The same kind of OSError (errno and text kept), with `filename` = `path`."""
+    try:
+        return type(error)(error.errno, error.strerror or str(error), str(path))
+    except TypeError:  # pragma: no cover - an OSError subclass with another signature
+        return OSError(error.errno, error.strerror or str(error), str(path))
+
+
+# Temporary files of `atomic_write_bytes` are `.<name>.tmp-<pid>`; one older than this was left by a
+# killed writer (a write takes well under a second) and is removed by `remove_stale_temp_files`.
+TEMP_INFIX = ".tmp-"
+_TEMP_PATTERN = re.compile(r"\..+\.tmp-\d+")
+STALE_TEMP_SECONDS = 600.0
+
+
+def is_temp_file_name(name: str) -> bool:
+    """Whether `name` is one of `atomic_write_bytes`'s temporary files."""
+    return _TEMP_PATTERN.fullmatch(name) is not None
+
+
+def remove_stale_temp_files(folder: str | Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
+    """Delete our own temporary files in `folder` older than `older_than` seconds; warn, return them.
+
+    Why: a writer killed between writing and renaming leaves `.<name>.tmp-<pid>` behind forever. Only
+    that name pattern is touched (nothing of the user's), and only old files, so a writer that is
+    running right now (another rank) keeps its file.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for entry in sorted(entries, key=lambda e: e.name):
+        if not is_temp_file_name(entry.name):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not entry.is_file(follow_symlinks=False) or now - info.st_mtime < older_than:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:  # removed meanwhile by another process
+            continue
+        removed.append(Path(entry.path))
+    if removed:
+        log.warning(
+            "Removed %d temporary files left in %s by interrupted writes (first: %s)",
+            len(removed), folder, removed[0].name,
+        )  # fmt: skip
+    return removed
 
 
 @contextlib.contextmanager

@@ -84,7 +84,8 @@ def prepare_dataset(dataset_cfg: Mapping) -> pd.DataFrame:
             log.info("Synthetic dataset: generated %s", root)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with layout.exclusive_lock(out_dir / ".prepare.lock"):
+    with layout.exclusive_lock(out_dir / layout.PREPARE_LOCK):
+        layout.remove_stale_temp_files(out_dir)
         records = _annotations(root, out_dir, on_error)
         split = _splits(records, out_dir, split_params)
 

@@ -4,8 +4,12 @@ dataset.on_error=skip, is left out, counted in attrs and listed in skipped.csv (
 from __future__ import annotations
 
 import csv
+import errno
 import logging
+import os
 import pickle
+import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,10 +17,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import ImageFile
+from PIL import Image, ImageFile
 
 from skinderm.data import layout
-from skinderm.data.annotation import ATTRS_KEYS
+from skinderm.data.annotation import ATTRS_KEYS, format_data_summary
 from skinderm.data.errors import SKIP_REASONS, DataError, DataFileNotFoundError
 from skinderm.data.images import load_image, read_image_size
 from skinderm.data.prepare import prepare_dataset
@@ -406,7 +410,8 @@ def test_data_summary_has_a_key_for_every_reason(small_synthetic: Path, tmp_path
     summary = records.attrs["data_summary"]
     assert list(summary) == [
         "images_listed", "images_used", "skipped_total", *(f"skipped_{r}" for r in SKIP_REASONS),
-        "masks_missing", "masks_empty", "masks_nonbinary",
+        "masks_missing", "masks_empty", "masks_nonbinary", "masks_faint", "masks_16bit", "masks_color",
+        "masks_full",
     ]  # fmt: skip
     assert all(isinstance(value, int) for value in summary.values())
     assert (summary["images_listed"], summary["images_used"], summary["masks_missing"]) == (70, 70, 7)
@@ -422,3 +427,265 @@ def test_data_errors_are_value_errors_and_keep_their_reason_across_processes() -
     assert isinstance(error, FileNotFoundError) and isinstance(error, ValueError)
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is DataFileNotFoundError and copy.reason == "image_missing" and str(copy) == str(error)
+
+
+# --- links, oversized and padded-truncated images (issue 10) ---------------------------------------------
+def _loop(path: Path, via: str | None = None) -> None:
+    """Turn `path` into a symbolic link loop: to itself, or path -> via -> path."""
+    path.unlink()
+    if via is None:
+        path.symlink_to(path.name)
+    else:
+        path.symlink_to(via)
+        (path.parent / via).symlink_to(path.name)
+
+
+@pytest.mark.parametrize("via", [None, "other.jpg"])
+def test_image_that_is_a_symlink_loop_is_named_or_skipped(
+    synthetic_copy: Callable[..., Path], via: str | None
+) -> None:
+    root = synthetic_copy()
+    image_id = "ISIC_0024315"
+    path = _image(root, image_id)
+    _loop(path, via)
+    message = _raises(root)
+    assert (
+        f"Image file {path} is a symbolic link loop" in message and "replace it with the real file" in message
+    )
+    records = _prepare(root, "skip")
+    _assert_skipped_one(root, records, image_id, "image_unreadable", str(path))
+
+
+@pytest.mark.parametrize("via", [None, "other_segmentation.png"])
+def test_mask_that_is_a_symlink_loop_is_named_or_skipped(
+    synthetic_copy: Callable[..., Path], via: str | None
+) -> None:
+    root = synthetic_copy()
+    image_id = _first_masked_id(root)
+    mask = _mask(root, image_id)
+    _loop(mask, via)
+    message = _raises(root)
+    assert (
+        f"Mask file {mask} is a symbolic link loop" in message
+        and f"metadata line {_line_of(root, image_id)}" in message
+    )
+    records = _prepare(root, "skip")
+    _assert_skipped_one(root, records, image_id, "mask_unreadable", str(mask))
+
+
+def test_dangling_image_link_says_where_it_points(synthetic_copy: Callable[..., Path]) -> None:
+    root = synthetic_copy()
+    path = _image(root, "ISIC_0024316")
+    path.unlink()
+    path.symlink_to("/nonexistent/ISIC_0024316.jpg")
+    assert (
+        f"Image file {path} is a symbolic link to /nonexistent/ISIC_0024316.jpg, which does not exist"
+        in _raises(root)
+    )
+
+
+def test_image_over_the_decompression_bomb_limit_is_one_line(bomb_png: Path) -> None:
+    for read in (read_image_size, lambda path: load_image(path, (112, 84)), load_image):
+        with pytest.raises(DataError) as error:
+            read(bomb_png)
+        message = str(error.value)
+        assert "\n" not in message and error.value.reason == "image_too_large"
+        assert f"Image file {bomb_png} has 400,000,000 pixels, more than the 89,478,485" in message
+        assert "downscale it" in message
+
+
+def test_image_over_the_limit_in_a_dataset_is_named_or_skipped(
+    synthetic_copy: Callable[..., Path], bomb_png: Path
+) -> None:
+    root = synthetic_copy()
+    image_id = "ISIC_0024317"
+    path = _image(root, image_id)
+    shutil.copyfile(bomb_png, path)  # a PNG named .jpg: PIL goes by the content
+    assert f"Image file {path} has 400,000,000 pixels" in _raises(root)
+    records = _prepare(root, "skip")
+    _assert_skipped_one(root, records, image_id, "image_too_large", str(path))
+
+
+def _cut_with_end_marker(path: Path, keep: float = 0.6) -> None:
+    """Cut `path` and append FF D9, as a "repair" tool does: the end-marker check alone passes it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)] + b"\xff\xd9")
+
+
+def test_truncated_jpeg_with_an_appended_end_marker_is_truncated(synthetic_copy: Callable[..., Path]) -> None:
+    root = synthetic_copy()
+    image_id = "ISIC_0024318"
+    path = _image(root, image_id)
+    _cut_with_end_marker(path)
+    with Image.open(path) as image:  # what the old check saw: a complete file that decodes fine
+        image.load()
+    message = _raises(root)
+    assert f"Image file {path} is truncated" in message and "re-download" in message
+    with pytest.raises(DataError, match="is truncated") as error:
+        load_image(path, (112, 84))
+    assert error.value.reason == "image_truncated"
+    records = _prepare(root, "skip")
+    _assert_skipped_one(root, records, image_id, "image_truncated", str(path))
+
+
+@pytest.mark.parametrize("options", [{"quality": 90}, {"quality": 95, "subsampling": 0}, {"optimize": True}])
+def test_complete_jpegs_pass_the_decode_check(tmp_path: Path, options: dict) -> None:
+    rng = np.random.default_rng(0)
+    for width, height in [(1, 1), (17, 9), (600, 450), (601, 451)]:
+        pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        path = tmp_path / f"{width}x{height}.jpg"
+        Image.fromarray(pixels).save(path, **options)
+        assert read_image_size(path) == (width, height) and load_image(
+            path, (max(1, width // 3), max(1, height // 3))
+        )
+
+
+# --- masks read at their bit depth and with their channels (issue 10) -----------------------------------
+def _mask_pixels(root: Path, image_id: str) -> np.ndarray:
+    return cv2.imread(str(_mask(root, image_id)), cv2.IMREAD_GRAYSCALE)
+
+
+def _truth_bbox(root: Path, image_id: str) -> list[int]:
+    row = pd.read_csv(root / layout.SYNTHETIC_GROUND_TRUTH_CSV).set_index("image_id").loc[image_id]
+    return [int(row.x1), int(row.y1), int(row.x2), int(row.y2)]
+
+
+@pytest.mark.parametrize("scale", [1, 257])  # 0/255 in a 16-bit file, and 0/65535
+def test_16_bit_mask_is_read_at_its_bit_depth_and_counted(
+    synthetic_copy: Callable[..., Path], caplog: pytest.LogCaptureFixture, scale: int
+) -> None:
+    root = synthetic_copy()
+    image_id = _first_masked_id(root)
+    cv2.imwrite(str(_mask(root, image_id)), _mask_pixels(root, image_id).astype(np.uint16) * scale)
+    caplog.set_level(logging.WARNING)
+    records = _prepare(root)
+    assert records.set_index("image_id").loc[image_id, "bbox"] == _truth_bbox(root, image_id)
+    assert records.attrs["masks_16bit"] == 1 and records.attrs["data_summary"]["masks_16bit"] == 1
+    assert records.attrs["masks_empty"] == 0
+    assert f"1 masks are 16-bit PNGs (first: ['{image_id}'])" in caplog.text
+
+
+@pytest.mark.parametrize("channel", [0, 1, 2])
+def test_colour_mask_with_the_lesion_in_one_channel_is_the_lesion(
+    synthetic_copy: Callable[..., Path], caplog: pytest.LogCaptureFixture, channel: int
+) -> None:
+    root = synthetic_copy()
+    image_id = _first_masked_id(root)
+    colour = np.zeros((180, 240, 3), dtype=np.uint8)
+    colour[:, :, channel] = _mask_pixels(root, image_id)
+    cv2.imwrite(str(_mask(root, image_id)), colour)
+    caplog.set_level(logging.WARNING)
+    records = _prepare(root)
+    assert records.set_index("image_id").loc[image_id, "bbox"] == _truth_bbox(root, image_id)
+    assert records.attrs["masks_color"] == 1 and records.attrs["masks_empty"] == 0
+    assert "1 masks have colour channels that differ" in caplog.text and "0/1 masks?" not in caplog.text
+
+
+def test_grey_mask_saved_as_rgb_is_not_flagged(synthetic_copy: Callable[..., Path]) -> None:
+    root = synthetic_copy()
+    image_id = _first_masked_id(root)
+    cv2.imwrite(str(_mask(root, image_id)), cv2.cvtColor(_mask_pixels(root, image_id), cv2.COLOR_GRAY2BGR))
+    records = _prepare(root)
+    assert records.set_index("image_id").loc[image_id, "bbox"] == _truth_bbox(root, image_id)
+    assert records.attrs["masks_color"] == 0 and records.attrs["masks_16bit"] == 0
+
+
+def test_whole_image_mask_is_kept_and_reported(
+    synthetic_copy: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = synthetic_copy()
+    image_id = _first_masked_id(root)
+    cv2.imwrite(str(_mask(root, image_id)), np.full((180, 240), 255, dtype=np.uint8))
+    caplog.set_level(logging.WARNING)
+    records = _prepare(root)
+    row = records.set_index("image_id").loc[image_id]
+    assert row["bbox"] == [0, 0, 240, 180] and row["area_fraction"] == 1.0
+    assert records.attrs["masks_full"] == 1 and records.attrs["data_summary"]["masks_full"] == 1
+    assert (
+        f"1 masks mark the whole image as lesion (first: ['{image_id}']): a wrong or inverted mask?"
+        in caplog.text
+    )
+    assert "1 whole-image" in format_data_summary(records.attrs)
+
+
+# --- metadata columns and image copies (issue 10) -------------------------------------------------------
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+@pytest.mark.parametrize("second", ["dx", "DX", " dx"])
+def test_metadata_with_two_dx_columns_is_fatal(
+    synthetic_copy: Callable[..., Path], on_error: str, second: str
+) -> None:
+    root = synthetic_copy()
+    lines = _metadata_lines(root)
+    _write_metadata_lines(root, [f"{lines[0]},{second}"] + [f"{line},nv" for line in lines[1:]])
+    with pytest.raises(DataError) as error:
+        _prepare(root, on_error)
+    message = str(error.value)
+    assert "\n" not in message and f"Metadata file {root / METADATA} has a column more than once" in message
+    assert "'dx' in columns 3, 9" in message and "delete the extra column" in message
+
+
+def test_image_in_both_part_folders_with_other_content_is_named_or_skipped(
+    synthetic_copy: Callable[..., Path],
+) -> None:
+    root = synthetic_copy()
+    image_id = "ISIC_0024306"
+    first = _image(root, image_id)
+    assert first.parent.name == "HAM10000_images_part_1"
+    other = root / "HAM10000_images_part_2" / first.name
+    shutil.copyfile(_image(root, "ISIC_0024370"), other)  # another image's pixels under this id
+    message = _raises(root)
+    line = _line_of(root, image_id)
+    assert f"Image {image_id} (metadata line {line}) has two different files, {first} and {other}" in message
+    assert "delete the wrong one" in message
+    records = _prepare(root, "skip")
+    _assert_skipped_one(root, records, image_id, "duplicate_image_file", str(other))
+
+
+def test_identical_copies_in_both_part_folders_are_counted(
+    synthetic_copy: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = synthetic_copy()
+    for image_id in ("ISIC_0024306", "ISIC_0024307"):
+        shutil.copyfile(_image(root, image_id), root / "HAM10000_images_part_2" / f"{image_id}.jpg")
+    caplog.set_level(logging.WARNING)
+    records = _prepare(root)
+    assert len(records) == 70 and records.attrs["data_summary"]["skipped_total"] == 0
+    assert "2 images are in two image folders with identical content (first: ISIC_0024306" in caplog.text
+
+
+# --- writes: a full disk, killed writers (issue 10) -----------------------------------------------------
+def test_full_disk_during_annotation_names_the_file(
+    synthetic_copy: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = synthetic_copy()
+
+    def full_disk(path: Path, data: bytes) -> None:
+        path.write_bytes(data[: len(data) // 2])  # what a full disk leaves: part of the temporary file
+        raise OSError(errno.ENOSPC, "No space left on device")  # write() names no file
+
+    monkeypatch.setattr(layout, "_write_new_file", full_disk)
+    with pytest.raises(OSError) as error:
+        _prepare(root)
+    assert error.value.errno == errno.ENOSPC
+    assert error.value.filename == str(root / layout.ANNOTATIONS_SUMMARY_JSON)
+    assert not [p for p in root.iterdir() if layout.is_temp_file_name(p.name)]  # nothing half-written left
+
+
+def test_stale_temporary_files_are_removed_and_reported(
+    synthetic_copy: Callable[..., Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = synthetic_copy()
+    stale = root / f".{layout.ANNOTATIONS_JSON}.tmp-4242"
+    fresh = root / f".{layout.SPLITS_CSV}.tmp-4343"  # another rank writing right now
+    theirs = root / "notes.tmp-1"  # not our name pattern
+    for path in (stale, fresh, theirs):
+        path.write_text("partial")
+    an_hour_ago = time.time() - 3600
+    os.utime(stale, (an_hour_ago, an_hour_ago))
+    os.utime(theirs, (an_hour_ago, an_hour_ago))
+    caplog.set_level(logging.WARNING)
+    _prepare(root)
+    assert not stale.exists() and fresh.exists() and theirs.exists()
+    assert (
+        f"Removed 1 temporary files left in {root} by interrupted writes (first: {stale.name})" in caplog.text
+    )
