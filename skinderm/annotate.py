@@ -15,18 +15,19 @@ from omegaconf import DictConfig, OmegaConf
 from skinderm.config import user_errors_as_messages
 from skinderm.data.annotation import annotate_dataset, format_data_summary
 from skinderm.data.classes import CLASS_CODES
+from skinderm.data.errors import DataError
 from skinderm.progress import configure_progress_bars
 
 
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="annotate")
 def main(cfg: DictConfig) -> None:
     configure_progress_bars()
-    if OmegaConf.is_missing(cfg.dataset, "root") or cfg.dataset.root is None:
-        raise SystemExit(
-            "dataset.root is required: python -m skinderm.annotate dataset.root=/path/to/HAM10000"
-        )
-    out_dir = cfg.annotate.out_dir or cfg.dataset.get("annotations_dir") or None
-    with user_errors_as_messages():
+    with user_errors_as_messages(cfg):
+        if OmegaConf.is_missing(cfg.dataset, "root") or cfg.dataset.root is None:
+            raise DataError(
+                "dataset.root is required: python -m skinderm.annotate dataset.root=/path/to/HAM10000"
+            )
+        out_dir = cfg.annotate.out_dir or cfg.dataset.get("annotations_dir") or None
         records = annotate_dataset(
             cfg.dataset.root, out_dir=out_dir, workers=cfg.annotate.workers, on_error=cfg.dataset.on_error
         )

@@ -3,7 +3,8 @@
     python -m skinderm.synthesize out=/tmp/ham_synth dataset.synthetic.num_images=200
     python -m skinderm.synthesize                       # into the cache that dataset=synthetic trains on
 
-Reuses the folder when it already holds a dataset made with the same parameters.
+Reuses the folder when it already holds a dataset made with the same parameters. Refuses (one `error:`
+line, exit code 2, nothing written) nonsense parameters and an `out=` folder holding files it did not write.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from skinderm.config import user_errors_as_messages
 from skinderm.data import layout
 from skinderm.data.classes import CLASS_CODES
+from skinderm.data.errors import DataError
 from skinderm.data.synthetic import ensure_synthetic_dataset, is_synthetic_dataset_current
 from skinderm.progress import configure_progress_bars
 
@@ -23,12 +26,15 @@ from skinderm.progress import configure_progress_bars
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="synthesize")
 def main(cfg: DictConfig) -> None:
     configure_progress_bars()
-    params = OmegaConf.to_container(cfg.dataset.synthetic, resolve=True) if cfg.dataset.synthetic else None
-    if not params:
-        raise SystemExit("dataset.synthetic holds no generator parameters: use dataset=synthetic.")
-    out = Path(cfg.out)
-    reused = is_synthetic_dataset_current(out, **params)
-    ensure_synthetic_dataset(out, **params)
+    with user_errors_as_messages(cfg):  # bad parameters or a foreign out= folder: one line, before any work
+        params = (
+            OmegaConf.to_container(cfg.dataset.synthetic, resolve=True) if cfg.dataset.synthetic else None
+        )
+        if not params:
+            raise DataError("dataset.synthetic holds no generator parameters: use dataset=synthetic.")
+        out = Path(cfg.out)
+        reused = is_synthetic_dataset_current(out, **params)
+        ensure_synthetic_dataset(out, **params)
     metadata = pd.read_csv(out / "HAM10000_metadata.csv")
     truth = pd.read_csv(out / layout.SYNTHETIC_GROUND_TRUTH_CSV)
     per_class = metadata["dx"].value_counts()

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from skinderm.data import layout
 from skinderm.data.classes import CLASS_CODES, HAM10000_CLASS_COUNTS, location_from_point
+from skinderm.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,6 @@ def _apportion(total: int, weights: Mapping[str, float]) -> dict[str, int]:
 def _resolve_class_counts(num_images: int, class_counts: Mapping[str, float] | None) -> dict[str, int]:
     if class_counts is None:
         return default_class_counts(num_images)
-    unknown = sorted(set(class_counts) - set(CLASS_CODES))
-    if unknown:
-        raise ValueError(f"class_counts has unknown dx codes {unknown}; use {list(CLASS_CODES)}.")
-    if any(float(v) < 0 for v in class_counts.values()) or sum(float(v) for v in class_counts.values()) <= 0:
-        raise ValueError(f"class_counts {dict(class_counts)} must be non-negative with a positive sum.")
     return _apportion(num_images, {code: float(v) for code, v in class_counts.items()})
 
 
@@ -523,6 +519,10 @@ def generate_synthetic_ham10000(
     out_dir = Path(out_dir)
     _clear_previous_output(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Marks the folder as the generator's before anything else is written, so that an interrupted
+    # generation is recognised (and redone) rather than refused as someone else's data.
+    marker = {"generator_version": GENERATOR_VERSION, "params": params}
+    layout.atomic_write_text(out_dir / layout.SYNTHETIC_MARKER, json.dumps(marker, indent=2, sort_keys=True))
 
     rng = np.random.default_rng(seed)
     metadata, image_lesion, lesion_dx = _metadata_for(rng, num_images, class_counts, max_images_per_lesion)
@@ -574,10 +574,10 @@ def generate_synthetic_ham10000(
             }
         )  # fmt: skip
 
-    metadata.sort_values(["lesion_id", "image_id"]).to_csv(out_dir / "HAM10000_metadata.csv", index=False)
-    pd.DataFrame(truth_rows, columns=list(GROUND_TRUTH_COLUMNS)).to_csv(
-        out_dir / layout.SYNTHETIC_GROUND_TRUTH_CSV, index=False
-    )
+    metadata_csv = metadata.sort_values(["lesion_id", "image_id"]).to_csv(index=False)
+    layout.atomic_write_text(out_dir / "HAM10000_metadata.csv", metadata_csv)
+    truth_csv = pd.DataFrame(truth_rows, columns=list(GROUND_TRUTH_COLUMNS)).to_csv(index=False)
+    layout.atomic_write_text(out_dir / layout.SYNTHETIC_GROUND_TRUTH_CSV, truth_csv)
     marker = {"generator_version": GENERATOR_VERSION, "params": params, "num_lesions": n_lesions}
     layout.atomic_write_text(out_dir / layout.COMPLETE_MARKER, json.dumps(marker, indent=2, sort_keys=True))
     log.info(
@@ -601,9 +601,18 @@ def is_synthetic_dataset_current(out_dir: str | Path, **params: Any) -> bool:
 
 
 def ensure_synthetic_dataset(out_dir: str | Path, **params: Any) -> Path:
-    """Generate the synthetic dataset unless `out_dir` already holds it with the same parameters."""
+    """Generate the synthetic dataset unless `out_dir` already holds it with the same parameters.
+
+    The parameters and the folder are checked before anything is written: a folder holding files the
+    generator did not write is refused with one line, and nothing in it is touched. The lock file is
+    inside `out_dir` (`layout.SYNTHESIZE_LOCK`), never beside it.
+    """
     out_dir = Path(out_dir)
-    with layout.exclusive_lock(out_dir.parent / f".{out_dir.name}.lock"):
+    _normalise_params(**params)
+    _check_output_folder(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with layout.exclusive_lock(out_dir / layout.SYNTHESIZE_LOCK):
+        layout.remove_stale_temp_files(out_dir)
         if is_synthetic_dataset_current(out_dir, **params):
             log.info("Reusing synthetic HAM10000 in %s", out_dir)
             return out_dir
@@ -617,60 +626,133 @@ def _normalise_params(**params: Any) -> dict[str, Any]:
     allowed = [name for name in signature.parameters if name != "out_dir"]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(f"Unknown synthetic dataset parameters {unknown}; allowed: {allowed}.")
+        raise DataError(
+            f"Unknown synthetic dataset parameters {unknown} (dataset.synthetic.*); allowed: {allowed}."
+        )
     bound = {name: params.get(name, signature.parameters[name].default) for name in allowed}
     missing = [name for name, value in bound.items() if value is inspect.Parameter.empty]
     if missing:
-        raise ValueError(f"Synthetic dataset parameters {missing} are required (dataset.synthetic.*).")
-    counts = bound["class_counts"]
-    bound["class_counts"] = (
-        None if counts is None else {str(k): float(v) for k, v in sorted(dict(counts).items())}
-    )
-    for name in ("num_images", "seed", "image_width", "image_height", "max_images_per_lesion"):
-        bound[name] = int(bound[name])
-    for name in ("multi_component_fraction", "missing_mask_fraction"):
-        bound[name] = float(bound[name])
-    if bound["num_images"] < 1:
-        raise ValueError(f"num_images must be >= 1, got {bound['num_images']}.")
-    if bound["image_width"] < 48 or bound["image_height"] < 36:
-        raise ValueError(
-            f"Synthetic images must be at least 48x36, got {bound['image_width']}x{bound['image_height']}."
+        raise DataError(f"Synthetic dataset parameters {missing} are required (dataset.synthetic.*).")
+    bound["class_counts"] = _check_class_counts(bound["class_counts"])
+    bound["num_images"] = _whole_number("num_images", bound["num_images"], 1, hint=" (HAM10000 has 10,015)")
+    bound["seed"] = _whole_number("seed", bound["seed"], 0)
+    for name, smallest in (("image_width", MIN_WIDTH), ("image_height", MIN_HEIGHT)):
+        bound[name] = _whole_number(
+            name, bound[name], smallest, MAX_SIDE, hint=" pixels (HAM10000 images are 600x450)"
         )
-    if bound["max_images_per_lesion"] < 1:
-        raise ValueError(f"max_images_per_lesion must be >= 1, got {bound['max_images_per_lesion']}.")
+    long_side, short_side = sorted((bound["image_width"], bound["image_height"]), reverse=True)
+    if long_side > MAX_ASPECT * short_side:
+        raise DataError(
+            f"dataset.synthetic.image_width x image_height = {bound['image_width']}x{bound['image_height']} "
+            f"is more elongated than {MAX_ASPECT}:1; use a photo-like shape such as 600x450."
+        )
+    bound["max_images_per_lesion"] = _whole_number("max_images_per_lesion", bound["max_images_per_lesion"], 1)
     for name in ("multi_component_fraction", "missing_mask_fraction"):
-        if not 0.0 <= bound[name] <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {bound[name]}.")
+        bound[name] = _fraction(name, bound[name])
     return bound
+
+
+# Image size bounds: the drawing needs room for a lesion in each grid cell; beyond 8192 per side, images
+# would near PIL's decompression-bomb limit (89 megapixels) and could not be read back.
+MIN_WIDTH, MIN_HEIGHT, MAX_SIDE, MAX_ASPECT = 48, 36, 8192, 10
+
+
+def _whole_number(name: str, value: Any, smallest: int, largest: int | None = None, *, hint: str = "") -> int:
+    """`value` as an int within bounds, else a one-line DataError naming dataset.synthetic.<name>."""
+    key = f"dataset.synthetic.{name}"
+    try:
+        number = int(value)
+        whole = not isinstance(value, bool) and float(value) == number
+    except (TypeError, ValueError, OverflowError):
+        whole = False
+    if not whole:
+        raise DataError(f"{key} must be a whole number, got {value!r}.")
+    if number < smallest or (largest is not None and number > largest):
+        bounds = f"at least {smallest}" if largest is None else f"between {smallest} and {largest}"
+        raise DataError(f"{key} must be {bounds}{hint}, got {number}.")
+    return number
+
+
+def _fraction(name: str, value: Any) -> float:
+    key = f"dataset.synthetic.{name}"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not 0.0 <= number <= 1.0:
+        raise DataError(f"{key} must be a fraction in [0, 1], got {value!r}.")
+    return number
+
+
+def _check_class_counts(counts: Any) -> dict[str, float] | None:
+    """Plain sorted weights, or a one-line DataError naming dataset.synthetic.class_counts."""
+    if counts is None:
+        return None
+    key = "dataset.synthetic.class_counts"
+    if not isinstance(counts, Mapping):
+        raise DataError(f"{key} must map dx codes to weights (e.g. {{nv: 2, mel: 1}}), got {counts!r}.")
+    unknown = sorted(str(code) for code in set(counts) - set(CLASS_CODES))
+    if unknown:
+        raise DataError(f"{key} has unknown dx codes {unknown}; use {list(CLASS_CODES)}.")
+    try:
+        weights = {str(code): float(value) for code, value in sorted(dict(counts).items())}
+    except (TypeError, ValueError):
+        raise DataError(f"{key} weights must be numbers, got {dict(counts)}.") from None
+    if any(not math.isfinite(v) or v < 0 for v in weights.values()) or sum(weights.values()) <= 0:
+        raise DataError(f"{key} {weights} must be non-negative with a positive sum.")
+    return weights
 
 
 def _write_image(path: Path, array: np.ndarray, options: list[int]) -> None:
     ok, encoded = cv2.imencode(path.suffix, array, options)
     if not ok:  # pragma: no cover - encoders for .jpg/.png are always built into OpenCV
         raise OSError(f"OpenCV could not encode {path}.")
-    path.write_bytes(encoded.tobytes())
+    layout.atomic_write_bytes(path, encoded.tobytes())  # a full disk names the file
+
+
+# What the project's own tools leave in a dataset folder that holds no generated data yet.
+_TOOL_FILES = frozenset({layout.SYNTHESIZE_LOCK, layout.PREPARE_LOCK})
+_OWN_MARKERS = (layout.SYNTHETIC_MARKER, layout.COMPLETE_MARKER, layout.SYNTHETIC_GROUND_TRUTH_CSV)
+_SHOWN_NAMES = 3
+
+
+def _check_output_folder(out_dir: Path) -> None:
+    """Refuse a path that is a file, or a folder holding files that the generator did not write.
+
+    Why: generating replaces the dataset folders and metadata; pointed at a real HAM10000 copy or any
+    other folder, it must stop with one line before it writes or deletes anything.
+    """
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return
+    where = "(out= for synthesize, dataset.root for training)"
+    if not out_dir.is_dir():
+        raise DataError(f"Synthetic dataset folder {out_dir} is not a folder; choose another path {where}.")
+    if any((out_dir / name).exists() for name in _OWN_MARKERS):
+        return
+    foreign = sorted(
+        entry.name
+        for entry in out_dir.iterdir()
+        if entry.name not in _TOOL_FILES and not layout.is_temp_file_name(entry.name)
+    )
+    if foreign:
+        shown = ", ".join(foreign[:_SHOWN_NAMES]) + (", ..." if len(foreign) > _SHOWN_NAMES else "")
+        data = any(name in foreign for name in (*layout.METADATA_FILENAMES, *layout.IMAGE_FOLDER_NAMES))
+        what = "HAM10000 data" if data else f"{len(foreign)} files or folders"
+        raise DataError(
+            f"Synthetic dataset folder {out_dir} holds {what} that the generator did not write ({shown}); "
+            f"refusing to overwrite them: choose a new or empty folder {where}."
+        )
 
 
 def _clear_previous_output(out_dir: Path) -> None:
-    """Remove what an earlier generation wrote (and what was derived from it); refuse real data."""
+    """Remove what an earlier generation wrote (and what was derived from it); refuse anyone else's."""
+    _check_output_folder(out_dir)
     if not out_dir.exists():
         return
-    if not out_dir.is_dir():
-        raise NotADirectoryError(f"Synthetic dataset path {out_dir} exists and is not a folder.")
-    ours = (out_dir / layout.COMPLETE_MARKER).exists() or (
-        out_dir / layout.SYNTHETIC_GROUND_TRUTH_CSV
-    ).exists()
-    looks_like_data = any(
-        (out_dir / name).exists() for name in (*layout.METADATA_FILENAMES, *layout.IMAGE_FOLDER_NAMES)
-    )
-    if looks_like_data and not ours:
-        raise FileExistsError(
-            f"{out_dir} holds HAM10000 data that this generator did not write; refusing to overwrite it. "
-            "Choose another output folder."
-        )
     for name in (
         layout.COMPLETE_MARKER, "HAM10000_metadata.csv", layout.SYNTHETIC_GROUND_TRUTH_CSV,
-        layout.ANNOTATIONS_JSON, layout.ANNOTATIONS_CSV, layout.SPLITS_CSV, layout.SPLITS_PARAMS_JSON,
+        layout.ANNOTATIONS_JSON, layout.ANNOTATIONS_CSV, layout.ANNOTATIONS_SUMMARY_JSON, layout.SKIPPED_CSV,
+        layout.SPLITS_CSV, layout.SPLITS_PARAMS_JSON,
     ):  # fmt: skip
         (out_dir / name).unlink(missing_ok=True)
     for name in (*layout.IMAGE_FOLDER_NAMES, layout.MASK_FOLDER_NAME):

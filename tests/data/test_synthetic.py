@@ -14,6 +14,7 @@ from PIL import Image
 
 from skinderm.data import layout
 from skinderm.data.classes import CLASS_CODES, LOCATIONS
+from skinderm.data.errors import DataError
 from skinderm.data.splits import make_splits
 from skinderm.data.synthetic import (
     LOCALIZATION_WEIGHTS,
@@ -220,7 +221,7 @@ def test_a_folder_without_the_complete_marker_is_regenerated(tmp_path: Path) -> 
 def test_generator_refuses_to_overwrite_data_it_did_not_write(tmp_path: Path) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "real" / "HAM10000_metadata").write_text("lesion_id\timage_id\n")
-    with pytest.raises(FileExistsError, match="did not write"):
+    with pytest.raises(DataError, match="holds HAM10000 data that the generator did not write"):
         generate_synthetic_ham10000(tmp_path / "real", **TINY)
     assert (tmp_path / "real" / "HAM10000_metadata").exists()
 
@@ -230,3 +231,61 @@ def test_unknown_or_invalid_parameters_are_rejected(tmp_path: Path) -> None:
         ensure_synthetic_dataset(tmp_path / "x", **TINY, colour="red")
     with pytest.raises(ValueError, match="missing_mask_fraction"):
         generate_synthetic_ham10000(tmp_path / "y", **{**TINY, "missing_mask_fraction": 1.5})
+
+
+def test_lock_file_is_inside_the_dataset_folder_not_beside_it(tmp_path: Path) -> None:
+    parent = tmp_path / "cache"
+    parent.mkdir()
+    root = ensure_synthetic_dataset(parent / "ham", **TINY)
+    assert [p.name for p in parent.iterdir()] == ["ham"]
+    assert (root / layout.SYNTHESIZE_LOCK).is_file()
+
+
+def test_an_interrupted_generation_is_redone_not_refused(tmp_path: Path) -> None:
+    root = ensure_synthetic_dataset(tmp_path / "ham", **TINY)
+    for name in (layout.COMPLETE_MARKER, layout.SYNTHETIC_GROUND_TRUTH_CSV, "HAM10000_metadata.csv"):
+        (root / name).unlink()  # killed while drawing: only the first marker and some images are there
+    ensure_synthetic_dataset(root, **TINY)
+    assert is_synthetic_dataset_current(root, **TINY)
+
+
+@pytest.mark.parametrize("foreign", ["notes.txt", "HAM10000_metadata.csv", "HAM10000_images_part_1"])
+def test_a_folder_with_files_the_generator_did_not_write_is_left_untouched(
+    tmp_path: Path, foreign: str
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    if foreign.startswith("HAM10000_images"):
+        (out / foreign).mkdir()
+        (out / foreign / "ISIC_0000001.jpg").write_bytes(b"real data")
+    else:
+        (out / foreign).write_text("lesion_id,image_id\n")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(DataError, match=f"holds .* that the generator did not write \\({foreign}\\)"):
+        ensure_synthetic_dataset(out, **TINY)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # no lock file either
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"num_images": 0}, "dataset.synthetic.num_images must be at least 1 (HAM10000 has 10,015), got 0"),
+        ({"image_width": 0}, "dataset.synthetic.image_width must be between 48 and 8192 pixels"),
+        ({"image_height": 100000}, "dataset.synthetic.image_height must be between 36 and 8192 pixels"),
+        ({"image_width": 4000, "image_height": 40}, "is more elongated than 10:1"),
+        ({"image_width": "wide"}, "dataset.synthetic.image_width must be a whole number, got 'wide'"),
+        ({"num_images": 2.5}, "dataset.synthetic.num_images must be a whole number, got 2.5"),
+        ({"seed": -1}, "dataset.synthetic.seed must be at least 0, got -1"),
+        ({"max_images_per_lesion": 0}, "dataset.synthetic.max_images_per_lesion must be at least 1"),
+        ({"class_counts": {"nv": -1}}, "dataset.synthetic.class_counts {'nv': -1.0} must be non-negative"),
+        ({"class_counts": {"nv": "many"}}, "dataset.synthetic.class_counts weights must be numbers"),
+    ],
+)
+def test_nonsense_parameters_are_refused_before_any_work(
+    tmp_path: Path, override: dict, message: str
+) -> None:
+    with pytest.raises(DataError) as error:
+        ensure_synthetic_dataset(tmp_path / "ham", **{**TINY, **override})
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "ham").exists()
