@@ -19,6 +19,7 @@ Sizes are always `(width, height)`; boxes are `[x1, y1, x2, y2]` with exclusive 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -99,9 +100,10 @@ def is_fixed_point(
 def check_pixel_budget(min_pixels: int, max_pixels: int, *, factor: int = FACTOR) -> None:
     """ValueError (one line naming model.min_pixels / model.max_pixels) for a budget that cannot be honoured.
 
-    Every size the processor produces is a grid of factor x factor tokens, so the budget needs at least one
-    grid area in [min_pixels, max_pixels]. Equal values are refused too: smart_resize's rounding rarely
-    lands on one exact pixel count (600x450 at 40000/40000 would be resized twice).
+    Every size the processor keeps is a grid of factor x factor tokens at most MAX_ASPECT_RATIO:1, so the
+    budget needs at least one such grid with its area in [min_pixels, max_pixels]. Equal values are refused
+    too: smart_resize's rounding rarely lands on one exact pixel count (600x450 at 40000/40000 would be
+    resized twice).
     """
     if min_pixels <= 0 or max_pixels < min_pixels:
         raise ValueError(
@@ -115,13 +117,31 @@ def check_pixel_budget(min_pixels: int, max_pixels: int, *, factor: int = FACTOR
             "image at one exact pixel count (it would resize a pre-resized image again and move its boxes); "
             f"keep model.min_pixels below model.max_pixels (e.g. model.min_pixels={DEFAULT_MIN_PIXELS})"
         )
-    token_area = factor * factor
-    if -(-min_pixels // token_area) > max_pixels // token_area:
+    if not _some_grid_fits(min_pixels, max_pixels, factor):
+        token_area = factor * factor
         raise ValueError(
             f"model.min_pixels={min_pixels}, model.max_pixels={max_pixels}: no image size fits between them "
-            f"(sizes are multiples of {factor} px per side, so areas are multiples of {token_area}); "
+            f"(sides are multiples of {factor} px, so areas are multiples of {token_area}, with at most "
+            f"{MAX_ASPECT_RATIO}:1 between the sides); "
             f"widen the range (e.g. model.min_pixels={DEFAULT_MIN_PIXELS})"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _some_grid_fits(min_pixels: int, max_pixels: int, factor: int) -> bool:
+    """Whether some short x long token grid (long <= MAX_ASPECT_RATIO x short) has an area in the budget.
+
+    Not just "a multiple of factor**2 in range": 383 tokens (a prime) only make a 1x383 grid, too wide.
+    Cached: model_input_size asks once per image.
+    """
+    token_area = factor * factor
+    low, high = -(-min_pixels // token_area), max_pixels // token_area
+    short = 1
+    while short * short <= high:
+        if max(short, -(-low // short)) <= min(high // short, MAX_ASPECT_RATIO * short):
+            return True
+        short += 1
+    return False
 
 
 def check_aspect_ratio(width: int, height: int) -> None:

@@ -267,3 +267,5 @@ def test_sizes_and_budgets_that_cannot_be_honoured_are_refused_in_one_line():
     with pytest.raises(ValueError, match=r"no image size fits"):
         check_pixel_budget(39_300, 39_500)  # no multiple of 784 between them
     check_pixel_budget(37_632, 37_633)  # 48 tokens exactly fit
+    with pytest.raises(ValueError, match=r"no image size fits"):
+        check_pixel_budget(299_489, 300_272)  # only 383 tokens fit, a prime: 1x383 is over 200:1
