@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from skinderm.data.annotation import RECORD_COLUMNS as ANNOTATION_COLUMNS
 from skinderm.data.classes import CLASS_CODES
+from skinderm.data.images import read_image_size
 from skinderm.data.layout import IMAGE_FILE_PATTERN, IMAGE_ID_PATTERN, sniff_delimiter
 
 log = logging.getLogger(__name__)
@@ -132,11 +132,8 @@ def read_lesion_groupings(root: Path) -> dict[str, str] | None:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"Image file {path} cannot be read ({error}); re-extract it.") from None
+    """The checks annotation makes (`read_image_size`): truncation, the pixel limit, link loops."""
+    return read_image_size(path)
 
 
 def read_isic2018_test(root: str | Path, *, on_error: str = "raise") -> pd.DataFrame:
