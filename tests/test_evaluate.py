@@ -209,6 +209,21 @@ def test_a_run_fixes_its_pixel_budget_and_answer_format(compose_evaluate, traine
     assert choice.model["max_pixels"] == OmegaConf.load(trained_run / "config_resolved.yaml").model.max_pixels
 
 
+def test_a_run_saved_with_a_budget_that_cannot_be_honoured_is_refused_before_loading(
+    compose_evaluate, trained_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    run = tmp_path / "old_run"
+    shutil.copytree(trained_run, run)
+    saved = OmegaConf.load(run / "config_resolved.yaml")
+    saved.model.min_pixels = saved.model.max_pixels
+    OmegaConf.save(saved, run / "config_resolved.yaml")
+    cfg = compose_evaluate(f"run={run}")
+    with pytest.raises(ConfigError, match=rf"run {run} .*model\.min_pixels == model\.max_pixels"):
+        choose_model(cfg, [f"run={run}"])
+
+
 def test_dataset_key_overrides_apply_to_the_runs_dataset(compose_evaluate, trained_run: Path) -> None:
     cfg = compose_evaluate(f"run={trained_run}", "dataset.on_error=skip")
     choice = choose_model(cfg, [f"run={trained_run}"])

@@ -331,6 +331,10 @@ def choose_model(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Mod
         raise ConfigError(f"answer.* is fixed by the run {run_dir} (what it was taught); drop the override")
 
     model = _plain(run_cfg.model)
+    try:  # a run saved before budgets were checked: say so before any data or model loads
+        check_model_budget(OmegaConf.create({key: model.get(key) for key in RUN_FIXED_MODEL_KEYS}))
+    except ConfigError as error:
+        raise ConfigError(f"run {run_dir} (its config_resolved.yaml): {error}") from None
     model_overrides: dict[str, Any] = {}
     for key in model_keys:
         top = key.split(".")[0]
