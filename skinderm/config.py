@@ -3,6 +3,9 @@
 Hydra's struct mode already rejects unknown keys given on the command line. These schemas also catch
 typos inside YAML files (a user's own `model/my_model.yaml`, an experiment overlay) and wrong value types,
 before any data or model is loaded. Each group option is checked against the schema of its `name`.
+Values are checked too, from one table of ranges (`TRAIN_RANGES`, shared with evaluate and predict) plus
+a few rules between keys (answer fields, the pixel budget, GRPO's batch/group size), so that e.g.
+`stage.per_device_train_batch_size=0` is one line naming the key instead of torch's error minutes later.
 """
 
 from __future__ import annotations
