@@ -42,7 +42,7 @@ def _train_command(root: Path, cache: Path, *extra: str) -> list[str]:
         sys.executable, "-m", "skinderm.train", f"paths.root_dir={root}", f"paths.cache_dir={cache}",
         f"paths.data_dir={cache}/data", *SMALL_DATASET, "logger=none", "eval.num_samples=0",
         f"stage.max_steps={MAX_STEPS}", "stage.save_steps=2", "stage.save_total_limit=null",
-        "stage.logging_steps=1", *extra,
+        "stage.logging_steps=1", *(() if "stage=grpo" in extra else ("stage.eval_steps=8",)), *extra,
     ]  # fmt: skip
 
 
@@ -106,6 +106,12 @@ def assert_same_training(resumed: Path, uninterrupted: Path) -> None:
     for (step, loss), (_, expected) in zip(ours["train_loss_curve"], theirs["train_loss_curve"], strict=True):
         assert abs(loss - expected) <= TOLERANCE, (
             f"step {step}: loss {loss} resumed, {expected} uninterrupted"
+        )
+    eval_steps = [step for step, _ in ours.get("eval_loss_curve", [])]
+    assert eval_steps == sorted(set(eval_steps)), f"eval loss logged twice for a step: {eval_steps}"
+    for (step, loss), (_, expected) in zip(ours["eval_loss_curve"], theirs["eval_loss_curve"], strict=True):
+        assert abs(loss - expected) <= TOLERANCE, (
+            f"eval at step {step}: {loss} resumed, {expected} uninterrupted"
         )
     weights, expected_weights = _weights(resumed), _weights(uninterrupted)
     assert weights.keys() == expected_weights.keys()
