@@ -87,7 +87,7 @@ def test_a_bad_image_is_one_line_error_with_exit_code_2(
     assert len(errors) == 1, result.stderr
     expected = {
         "missing": "no such file",
-        "corrupt": "cannot be read as an image",
+        "corrupt": "cannot be decoded",
         "not_given": "'image' is required",
     }
     assert expected[case] in errors[0]

@@ -17,7 +17,6 @@ base checkpoint lives on this machine) apply to the run's base model.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -524,47 +523,24 @@ def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
 def check_image(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image the model can be shown; one-line FileNotFoundError / ValueError otherwise.
 
-    Run before the model loads, so a typo in the path, a damaged file, a decompression bomb (more pixels
-    than PIL's Image.MAX_IMAGE_PIXELS: refused before decoding) or an aspect ratio Qwen2.5-VL's processor
-    refuses fails in a second instead of after minutes of loading.
+    Run before the model loads, so a typo in the path, a damaged file (symbolic link loop, truncated data,
+    also a cut-off JPEG with an end marker appended), a decompression bomb or an aspect ratio Qwen2.5-VL's
+    processor refuses fails in a second instead of after minutes of loading. The file checks are the
+    data layer's (`read_image_size`), the same ones annotation makes.
     """
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
+    from skinderm.data.images import read_image_size
     from skinderm.models.coordinates import check_aspect_ratio
 
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():  # a link loop "does not exist" but is a link
         raise FileNotFoundError(f"image={path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            # PIL only warns between MAX_IMAGE_PIXELS and twice that; both are refused here.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                size = image.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ValueError(_too_many_pixels(path, error)) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"image={path}: cannot be read as an image ({reason})") from None
+    size = read_image_size(path)
     try:
         check_aspect_ratio(*size)
     except ValueError as error:
         raise ValueError(f"image={path}: {error}") from None
     return size
 
-
-def _too_many_pixels(path: Path, error: BaseException) -> str:
-    from PIL import Image
-
-    numbers = re.findall(r"\d+", str(error))
-    count = f"{int(numbers[0]):,} pixels" if numbers else "too many pixels"
-    return (
-        f"image={path}: {count} is over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
-        "(PIL.Image.MAX_IMAGE_PIXELS); downscale it first (the model sees it shrunk to model.max_pixels)"
-    )
 
 
 def run_prediction(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -> dict[str, Any]:
