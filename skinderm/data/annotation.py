@@ -41,7 +41,7 @@ from skinderm.data.errors import (
     write_skipped_csv,
 )
 from skinderm.data.ham10000 import OnError, check_on_error, index_dataset
-from skinderm.data.images import decode_mask, read_image_size
+from skinderm.data.images import check_image_aspect, decode_mask, read_image_size
 
 log = logging.getLogger(__name__)
 
@@ -320,6 +320,7 @@ def _annotate_item(item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | 
     _, image_path, mask_path = item
     try:
         width, height = read_image_size(image_path)
+        check_image_aspect(image_path, width, height)
     except DataError as error:
         return None, (error.reason or "image_unreadable", image_path, str(error))
     result: dict[str, Any] = {

@@ -51,6 +51,7 @@ SKIP_REASONS: dict[str, str] = {
     "image_unreadable": "image file is not an image PIL can open (empty, corrupt, a symbolic link loop)",
     "image_truncated": "image file is cut off (no end-of-image marker, or its data stops early)",
     "image_too_large": "image has more pixels than PIL's decompression-bomb limit",
+    "image_too_elongated": "image is more than 200:1 between its sides (Qwen2.5-VL's processor refuses it)",
     "mask_unreadable": "mask file cannot be decoded (or is a symbolic link loop)",
     "mask_size_mismatch": "mask size differs from its image's size",
 }

@@ -51,6 +51,21 @@ _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _PIXELS_IN_MESSAGE = re.compile(r"\((\d+) pixels\)")
 
 
+# Qwen2.5-VL's image processor refuses images whose long side is more than 200 times the short one.
+MAX_ASPECT_RATIO = 200
+
+
+def check_image_aspect(path: str | Path, width: int, height: int) -> None:
+    """Refuse (one-line DataError naming the file) an image the model's processor cannot take."""
+    ratio = max(width, height) / max(1, min(width, height))
+    if ratio > MAX_ASPECT_RATIO:
+        raise DataError(
+            f"Image file {path} is {width}x{height}, {ratio:.0f}:1 between its sides, over the "
+            f"{MAX_ASPECT_RATIO}:1 that Qwen2.5-VL's processor takes; crop or pad it (or drop it).",
+            reason="image_too_elongated",
+        )
+
+
 def read_image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) of an image file, after checking it decodes completely (see the module doc).
 

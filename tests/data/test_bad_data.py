@@ -181,6 +181,21 @@ def test_empty_mask_keeps_the_image_and_is_counted(
     assert not (root / layout.SKIPPED_CSV).exists()
 
 
+def test_image_beyond_200_to_1_is_named_or_skipped(synthetic_copy: Callable[..., Path]) -> None:
+    """Qwen2.5-VL's processor refuses such images: stop at annotation, naming it, not deep in training."""
+    root = synthetic_copy()
+    image_id = "ISIC_0024310"
+    path = _image(root, image_id)
+    Image.new("RGB", (2010, 10), (120, 80, 60)).save(path, format="JPEG")
+    mask = _mask(root, image_id)
+    if mask.exists():
+        cv2.imwrite(str(mask), np.zeros((10, 2010), dtype=np.uint8))
+    message = _raises(root)
+    assert f"Image file {path} is 2010x10, 201:1 between its sides" in message
+    records = _prepare(root, "skip")
+    _assert_skipped_one(root, records, image_id, "image_too_elongated", str(path))
+
+
 def test_mask_of_another_size_is_named_or_skipped(synthetic_copy: Callable[..., Path]) -> None:
     root = synthetic_copy()
     image_id = _first_masked_id(root)
