@@ -29,6 +29,7 @@ from skinderm.data.classes import (
     LOCATIONS,
     VERTICAL_BANDS,
 )
+from skinderm.geometry import valid_box
 
 ANSWER_FIELDS: tuple[str, ...] = ("diagnosis", "location", "bbox_2d", "polygon")
 DEFAULT_FIELDS: tuple[str, ...] = ("diagnosis", "location", "bbox_2d")
@@ -64,7 +65,8 @@ class ParsedAnswer:
     location: str | None
     """Canonical "{v}-{h}" grid cell."""
     bbox_2d: tuple[float, float, float, float] | None
-    """Four finite numbers as given; not yet checked geometrically (see skinderm.rewards.iou)."""
+    """A valid box as given: finite, |v| <= MAX_ABS_COORDINATE, x2 > x1 and y2 > y1
+    (skinderm.geometry); an inverted or zero-area box leaves the field None."""
     polygon: tuple[tuple[float, float], ...] | None
     """Finite [x, y] points as given (possibly fewer than 3)."""
     fields: frozenset[str]
@@ -98,7 +100,10 @@ def format_answer(
 
     A field listed in `fields` whose value is None is left out (an image without a mask gets no box).
     Coordinates are rounded to ints. Raises ValueError on an unknown field, class or location, so a
-    bad record fails while building the dataset instead of teaching the model a wrong answer.
+    bad record fails while building the dataset instead of teaching the model a wrong answer. Boxes
+    are written as given: ground truth comes from `box_to_model_space`, which refuses invalid boxes
+    and keeps every box at least 1 px wide and high (an inverted box written here, e.g. a jittered
+    bench answer, is one the parser voids).
     """
     unknown = [name for name in fields if name not in ANSWER_FIELDS]
     if unknown:
@@ -322,8 +327,7 @@ def _parse_box(value: Any) -> tuple[float, float, float, float] | None:
     numbers = [_finite_number(item) for item in value]
     if any(number is None for number in numbers):
         return None
-    x1, y1, x2, y2 = numbers
-    return (x1, y1, x2, y2)  # type: ignore[return-value]
+    return valid_box(numbers)  # inverted or zero-area: None, the one rule of skinderm.geometry
 
 
 def _parse_polygon(value: Any) -> tuple[tuple[float, float], ...] | None:

@@ -84,12 +84,18 @@ def test_format_answer_rejects_records_that_would_teach_a_wrong_answer(kwargs: d
 @given(
     diagnosis=st.sampled_from(CLASS_CODES),
     location=st.sampled_from(LOCATIONS),
-    box=st.lists(st.integers(0, 2000), min_size=4, max_size=4),
+    corner=st.tuples(st.integers(0, 2000), st.integers(0, 2000)),
+    extent=st.tuples(st.integers(1, 2000), st.integers(1, 2000)),
     polygon=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 2000)), min_size=3, max_size=20),
 )
 def test_parse_reads_back_everything_format_writes(
-    diagnosis: str, location: str, box: list[int], polygon: list[tuple[int, int]]
+    diagnosis: str,
+    location: str,
+    corner: tuple[int, int],
+    extent: tuple[int, int],
+    polygon: list[tuple[int, int]],
 ) -> None:
+    box = [corner[0], corner[1], corner[0] + extent[0], corner[1] + extent[1]]
     text = format_answer(
         diagnosis=diagnosis, location=location, bbox_2d=box, polygon=polygon, fields=ANSWER_FIELDS
     )
@@ -262,7 +268,12 @@ def test_location_spellings_map_to_one_canonical_cell_or_none(value: object, exp
         ("[10, 20, 110, 90]", (10.0, 20.0, 110.0, 90.0)),
         ("[10.5, 20, 110, 90.25]", (10.5, 20.0, 110.0, 90.25)),
         ("[-5, -5, 10, 10]", (-5.0, -5.0, 10.0, 10.0)),  # as given; clipped by the reward
-        ("[110, 90, 10, 20]", (110.0, 90.0, 10.0, 20.0)),  # inverted: as given; 0 IoU in the reward
+        ("[110, 90, 10, 20]", None),  # inverted: invalid (skinderm.geometry), not repaired
+        ("[110, 20, 10, 90]", None),  # inverted in x only
+        ("[10, 90, 110, 20]", None),  # inverted in y only
+        ("[10, 20, 10, 90]", None),  # zero width
+        ("[10, 20, 110, 20]", None),  # zero height
+        ("[10.5, 20, 10.5000001, 90]", (10.5, 20.0, 10.5000001, 90.0)),  # thin but valid
         ("[NaN, 20, 110, 90]", None),
         ("[10, Infinity, 110, 90]", None),
         ("[10, 20, -Infinity, 90]", None),
@@ -282,6 +293,12 @@ def test_boxes_are_four_finite_bounded_numbers_or_none(box_json: str, expected: 
     parsed = parse_answer(f'{{"diagnosis": "nv", "bbox_2d": {box_json}}}')
     assert parsed.bbox_2d == expected
     assert parsed.diagnosis == "nv"  # one bad field leaves the others readable
+
+
+def test_an_inverted_box_format_answer_writes_is_voided_by_the_parser() -> None:
+    # format_answer writes boxes as given (bench answers jitter them); the one rule applies on reading.
+    parsed = parse_answer(format_answer(diagnosis="nv", bbox_2d=[57, 53, 56, 61]))
+    assert parsed.parse_ok and parsed.diagnosis == "nv" and parsed.bbox_2d is None
 
 
 def test_coordinates_at_the_bound_are_kept() -> None:
@@ -416,6 +433,9 @@ answer_like = st.dictionaries(
 def _check_parsed(parsed: ParsedAnswer) -> None:
     assert isinstance(parsed, ParsedAnswer)
     assert parsed.diagnosis is None or parsed.diagnosis in CLASS_CODES
+    assert parsed.bbox_2d is None or (
+        parsed.bbox_2d[2] > parsed.bbox_2d[0] and parsed.bbox_2d[3] > parsed.bbox_2d[1]
+    )
     assert set(parsed.diagnosis_candidates) <= set(CLASS_CODES)
     assert parsed.location is None or parsed.location in LOCATIONS
     assert parsed.fields <= frozenset(ANSWER_FIELDS)

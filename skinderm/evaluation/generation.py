@@ -1,7 +1,9 @@
 """Batched greedy generation and the prediction records built from it.
 
 One code path for the post-training check, `skinderm.evaluate` and `skinderm.predict`: answers are parsed by
-the same parser the rewards use, and boxes are mapped back from model space to original image pixels.
+the same parser the rewards use, and boxes are mapped back from model space to original image pixels. So a
+record's `dx_pred` is None exactly where the diagnosis reward pays 0 for lack of one class, and `bbox_pred`
+is None where the parser voided an inverted or zero-area box (skinderm.geometry: IoU 0, as in the reward).
 
 Batches are left-padded (the processor is loaded with padding_side="left"), so every row's answer starts
 right after its own prompt; in float32, greedy decoding then gives the same answers at any batch size
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 
 from skinderm.answers import ParsedAnswer, answer_to_dict, parse_answer
 from skinderm.data.conversations import ExampleBuilder, prompt_messages
-from skinderm.evaluation.metrics import box_iou
+from skinderm.geometry import box_iou
 from skinderm.models.coordinates import box_to_original_space, points_to_original_space
 
 
@@ -142,7 +144,10 @@ def generate_answers(
 def answer_in_original_space(
     parsed: ParsedAnswer, model_size: tuple[int, int], original_size: tuple[int, int]
 ) -> tuple[list[float] | None, list[list[float]] | None]:
-    """(bbox, polygon) of an answer in original pixels (1 decimal); None where the answer has none."""
+    """(bbox, polygon) of an answer in original pixels (1 decimal); None where the answer has none.
+
+    The parser keeps only valid boxes, so none is repaired here; a box outside the image comes back
+    clamped to zero area, which scores IoU 0 as the reward's clipped box does."""
     bbox = (
         [round(float(v), 1) for v in box_to_original_space(list(parsed.bbox_2d), model_size, original_size)]
         if parsed.bbox_2d is not None

@@ -4,7 +4,11 @@ The headline number is ISIC 2018 Task 3's balanced multiclass accuracy (mean per
 because on HAM10000 the majority class alone scores 0.67 plain accuracy; every report therefore
 also carries the majority baseline computed on the same split. An unparsed prediction
 (`dx_pred` None) always counts as wrong and gets its own "unparsed" column in the confusion
-matrix, so a model cannot look better by refusing to answer.
+matrix, so a model cannot look better by refusing to answer. `dx_pred` is what
+`skinderm.answers.parse_answer` read, the same reading the diagnosis reward pays for, so every answer
+the reward scores 0 (a hedge, a negation, an unknown word, a look-alike letter, duplicate keys)
+counts as wrong here. Box IoU is `skinderm.geometry.box_iou`, the reward's: a missing, inverted,
+zero-area or non-finite predicted box scores 0.
 
 Pure functions (numpy only; no torch, no scikit-learn), and the result is strict JSON: undefined
 values are None, never NaN.
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from skinderm.data.classes import CLASS_CODES
+from skinderm.geometry import box_iou, valid_box  # the one box IoU and box rule, the rewards' too
 
 UNPARSED = "unparsed"
 UNKNOWN_GROUP = "unknown"
@@ -37,38 +42,6 @@ SUBGROUP_TABLES: tuple[str, ...] = ("sex", "age_band", "localization")
 def is_missing(value: Any) -> bool:
     """None or a float NaN (what pandas writes for an empty cell) both mean 'no value'."""
     return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def box_iou(box_a: Sequence[float] | None, box_b: Sequence[float] | None) -> float:
-    """Intersection over union of two [x1, y1, x2, y2] boxes with exclusive ends (area = (x2-x1)*(y2-y1)).
-
-    A missing, non-finite or degenerate box (x2 <= x1 or y2 <= y1) scores 0: a prediction that is
-    not a box cannot overlap the lesion.
-    """
-    a = None if is_missing(box_a) else _as_box(box_a)
-    b = None if is_missing(box_b) else _as_box(box_b)
-    if a is None or b is None:
-        return 0.0
-    inter_w = min(a[2], b[2]) - max(a[0], b[0])
-    inter_h = min(a[3], b[3]) - max(a[1], b[1])
-    if inter_w <= 0 or inter_h <= 0:
-        return 0.0
-    intersection = inter_w * inter_h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - intersection
-    return float(intersection / union)
-
-
-def _as_box(box: Sequence[float]) -> tuple[float, float, float, float] | None:
-    """Four finite coordinates with positive width and height, else None."""
-    if isinstance(box, str | bytes) or not isinstance(box, Sequence | np.ndarray) or len(box) != 4:
-        raise ValueError(f"a box must be [x1, y1, x2, y2] (4 numbers) or None, got {box!r}")
-    try:
-        x1, y1, x2, y2 = (float(v) for v in box)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"a box must hold 4 numbers, got {box!r}") from error
-    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or x2 <= x1 or y2 <= y1:
-        return None
-    return x1, y1, x2, y2
 
 
 def _validate_labels(y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[str]) -> None:
@@ -195,7 +168,9 @@ def check_records(records: Sequence[Mapping[str, Any]]) -> None:
 
 
 def record_iou(record: Mapping[str, Any]) -> float | None:
-    """Box IoU of one record: None without a true box, 0 when the prediction is missing."""
+    """Box IoU of one record: None without a true box, 0 when the prediction is missing or invalid.
+
+    ValueError naming the image for a box that is not four numbers (a damaged predictions file)."""
     if is_missing(record.get("bbox_true")):
         return None
     try:
@@ -277,8 +252,11 @@ def compute_metrics(records: Sequence[Mapping[str, Any]], *, labels: Sequence[st
         },
         "bbox": {
             "n": len(ious),
+            # A present but invalid box (inverted, zero-area) is no box: counted here, IoU 0.
             "n_missing_pred": sum(
-                1 for r in records if not is_missing(r.get("bbox_true")) and is_missing(r.get("bbox_pred"))
+                1
+                for r in records
+                if not is_missing(r.get("bbox_true")) and valid_box(r.get("bbox_pred")) is None
             ),
             "mean_iou": _mean_or_none(ious),
             "iou_at_0_5": _mean_or_none(iou >= 0.5 for iou in ious),

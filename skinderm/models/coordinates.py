@@ -15,6 +15,9 @@ for budgets where its rounding lands outside [min_pixels, max_pixels] (e.g. min 
 
 Sizes are always `(width, height)`; boxes are `[x1, y1, x2, y2]` with exclusive `x2`/`y2`
 (x2 = x1 + box width); polygons are lists of `[x, y]` points. No torch, no transformers here.
+Boxes follow skinderm.geometry's one rule: an inverted, zero-area or non-finite box is invalid and
+both conversions refuse it (ValueError) instead of sorting its corners, so evaluation cannot score a
+box that the reward paid 0 for.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+
+from skinderm.geometry import check_box
 
 # One visual token covers PATCH_SIZE * MERGE_SIZE pixels per side (14 px patches merged 2x2).
 PATCH_SIZE = 14
@@ -201,8 +206,10 @@ def visual_token_count(width: int, height: int, *, min_pixels: int, max_pixels: 
 def box_to_model_space(
     box: Sequence[float], original_size: tuple[int, int], model_size: tuple[int, int]
 ) -> list[int]:
-    """Scale an original-pixel box into model space: integers, clamped, at least 1 px wide and high."""
-    x1, y1, x2, y2 = _check_box(box)
+    """Scale an original-pixel box into model space: integers, clamped, at least 1 px wide and high.
+
+    ValueError for an inverted, zero-area or non-finite box (skinderm.geometry's rule)."""
+    x1, y1, x2, y2 = check_box(box)
     (width, height), (model_width, model_height) = _checked_sizes(original_size, model_size)
     left, right = _integer_span(x1 * model_width / width, x2 * model_width / width, model_width)
     top, bottom = _integer_span(y1 * model_height / height, y2 * model_height / height, model_height)
@@ -215,15 +222,17 @@ def box_to_original_space(
     """Scale a model-space box (e.g. parsed from an answer) back to original pixels, clamped to the image.
 
     Floats, unrounded: IoU against ground truth is computed in original pixels and rounding here
-    would only add error. Corners are sorted so that x1 <= x2 and y1 <= y2 even for a sloppy answer.
+    would only add error. An inverted or zero-area box raises ValueError (skinderm.geometry's rule;
+    the answer parser never returns one); a box outside the image comes back clamped to zero area.
     """
-    x1, y1, x2, y2 = _check_box(box)
+    x1, y1, x2, y2 = check_box(box)
     (model_width, model_height), (width, height) = _checked_sizes(model_size, original_size)
-    left, right = sorted((_clamp(x1 * width / model_width, width), _clamp(x2 * width / model_width, width)))
-    top, bottom = sorted(
-        (_clamp(y1 * height / model_height, height), _clamp(y2 * height / model_height, height))
-    )
-    return [left, top, right, bottom]
+    return [
+        _clamp(x1 * width / model_width, width),
+        _clamp(y1 * height / model_height, height),
+        _clamp(x2 * width / model_width, width),
+        _clamp(y2 * height / model_height, height),
+    ]
 
 
 def points_to_model_space(
@@ -285,13 +294,6 @@ def _checked_sizes(
 def _check_size(size: Sequence[int], what: str) -> None:
     if len(size) != 2 or not all(isinstance(v, int | float) and v > 0 for v in size):
         raise ValueError(f"{what} must be (width, height) with positive values, got {size!r}")
-
-
-def _check_box(box: Sequence[float]) -> tuple[float, float, float, float]:
-    if len(box) != 4 or not all(isinstance(v, int | float) and math.isfinite(v) for v in box):
-        raise ValueError(f"a box must be [x1, y1, x2, y2] with 4 finite numbers, got {box!r}")
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return x1, y1, x2, y2
 
 
 def _check_points(points: Sequence[Sequence[float]]) -> list[tuple[float, float]]:

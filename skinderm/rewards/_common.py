@@ -14,8 +14,7 @@ from typing import Any
 
 from skinderm.answers import ParsedAnswer, completion_text, parse_answer
 from skinderm.data.classes import CLASS_CODES, LOCATIONS
-
-Box = tuple[float, float, float, float]
+from skinderm.geometry import Box, valid_box
 
 
 def parse_completions(completions: Sequence[Any]) -> list[ParsedAnswer]:
@@ -71,22 +70,8 @@ def truth_size(width: Any, height: Any) -> tuple[int, int] | None:
 
 
 def truth_box(value: Any) -> Box | None:
-    """A ground-truth [x1, y1, x2, y2] with positive area, else None."""
-    if value is None or isinstance(value, (str, bytes)):
-        return None
-    try:
-        items = list(value)
-    except TypeError:
-        return None
-    if len(items) != 4:
-        return None
-    numbers = [finite_float(item) for item in items]
-    if any(number is None for number in numbers):
-        return None
-    x1, y1, x2, y2 = numbers
-    if x2 <= x1 or y2 <= y1:  # type: ignore[operator]
-        return None
-    return (x1, y1, x2, y2)  # type: ignore[return-value]
+    """A valid ground-truth box (skinderm.geometry's rule: finite, x2 > x1, y2 > y1), else None."""
+    return valid_box(value)
 
 
 def truth_path(value: Any) -> str | None:

@@ -3,8 +3,8 @@
 It exists for runs that start from a model never taught the format; after SFT on `format_answer`
 targets it is ~1 from the first step (the SFT and GRPO formats are the same by construction), which
 is why its default weight is 0. "Valid" per field, as the other rewards read it:
-diagnosis names exactly one class; location is one grid cell; bbox_2d is four finite numbers with
-x2 > x1 and y2 > y1; polygon has at least 3 finite points.
+diagnosis names exactly one class; location is one grid cell; bbox_2d is a valid box (the parser
+voids inverted, zero-area and non-finite ones: skinderm.geometry); polygon has at least 3 finite points.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ def field_is_valid(answer: ParsedAnswer, field: str) -> bool:
     if field == "location":
         return answer.location is not None
     if field == "bbox_2d":
-        box = answer.bbox_2d
-        return box is not None and box[2] > box[0] and box[3] > box[1]
+        return answer.bbox_2d is not None  # the parser keeps only valid boxes
     if field == "polygon":
         return answer.polygon is not None and len(answer.polygon) >= 3
     return False

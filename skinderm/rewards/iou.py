@@ -3,6 +3,8 @@
 Continuous IoU, not "any four numbers" (the seed's TRL script paid 0.08 for any box): a box earns
 what it overlaps. All coordinates (answers and the `bbox_2d` column) are model-space pixels, the
 space of Qwen2.5-VL grounding after smart_resize; boxes are [x1, y1, x2, y2] with x2, y2 exclusive.
+Box IoU and the rule for bad boxes are skinderm.geometry's, the same evaluation scores with: an
+inverted, zero-area or non-finite box is void (the parser drops it) and earns 0.
 
 Mask IoU rasterises the answer's `polygon` with OpenCV's `fillPoly`, which fills self-intersecting
 polygons by the EVEN-ODD rule (the inner pentagon of a pentagram stays empty; a bow-tie fills its
@@ -24,8 +26,8 @@ import cv2
 import numpy as np
 
 from skinderm.answers import ParsedAnswer
+from skinderm.geometry import box_iou, clip_box
 from skinderm.rewards._common import (
-    Box,
     RewardFunction,
     checked_scores,
     ground_truth_column,
@@ -40,43 +42,6 @@ log = logging.getLogger(__name__)
 # Masks are re-read for every generation of a group; 256 model-size masks are ~70 MB at 588x448.
 MASK_CACHE_SIZE = 256
 IOU_KINDS: tuple[str, ...] = ("mask", "bbox")
-
-
-def clip_box(box: Sequence[float], width: float, height: float) -> Box:
-    """The box clipped to [0, width] x [0, height] (it may come out inverted or empty)."""
-    x1, y1, x2, y2 = box
-    return (
-        min(max(x1, 0.0), width),
-        min(max(y1, 0.0), height),
-        min(max(x2, 0.0), width),
-        min(max(y2, 0.0), height),
-    )
-
-
-def box_iou(
-    predicted: Sequence[float] | None, truth: Sequence[float] | None, size: tuple[int, int] | None = None
-) -> float:
-    """IoU of two [x1, y1, x2, y2] boxes; the prediction is first clipped to `size` = (W, H) if given.
-
-    0 for a missing box, a non-finite coordinate, or a box with x2 <= x1 or y2 <= y1 (after clipping).
-    """
-    if predicted is None or truth is None:
-        return 0.0
-    if size is not None:
-        predicted = clip_box(predicted, *size)
-    px1, py1, px2, py2 = predicted
-    tx1, ty1, tx2, ty2 = truth
-    if not all(math.isfinite(v) for v in (px1, py1, px2, py2, tx1, ty1, tx2, ty2)):
-        return 0.0
-    if px2 <= px1 or py2 <= py1 or tx2 <= tx1 or ty2 <= ty1:
-        return 0.0
-    inter_w = min(px2, tx2) - max(px1, tx1)
-    inter_h = min(py2, ty2) - max(py1, ty1)
-    if inter_w <= 0 or inter_h <= 0:
-        return 0.0
-    inter = inter_w * inter_h
-    union = (px2 - px1) * (py2 - py1) + (tx2 - tx1) * (ty2 - ty1) - inter
-    return min(1.0, inter / union) if union > 0 else 0.0
 
 
 @dataclass(frozen=True)

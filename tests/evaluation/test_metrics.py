@@ -146,6 +146,20 @@ def test_bbox_metrics_count_a_missing_prediction_as_zero():
     assert bbox["iou_at_0_75"] == pytest.approx(2 / 4)
 
 
+def test_bbox_metrics_count_an_inverted_or_zero_area_prediction_as_a_missing_box_with_iou_zero():
+    # The reward's rule (skinderm.geometry): such a box is invalid, never repaired by sorting corners.
+    base = {"dx_true": "nv", "dx_pred": "nv", "parse_ok": True, "bbox_true": [0, 0, 10, 10]}
+    records = [
+        {**base, "image_id": "a", "bbox_pred": [0, 0, 10, 10]},  # 1.0
+        {**base, "image_id": "b", "bbox_pred": [10, 10, 0, 0]},  # inverted: would be 1.0 sorted
+        {**base, "image_id": "c", "bbox_pred": [10, 0, 0, 10]},  # inverted in x
+        {**base, "image_id": "d", "bbox_pred": [0, 0, 0, 10]},  # zero width
+    ]
+    bbox = compute_metrics(records)["bbox"]
+    assert bbox["n"] == 4 and bbox["n_missing_pred"] == 3
+    assert bbox["mean_iou"] == pytest.approx(1 / 4)
+
+
 def test_spatial_and_mask_metrics_use_only_records_with_truth():
     base = {"dx_true": "nv", "dx_pred": "nv", "parse_ok": True}
     records = [

@@ -97,11 +97,22 @@ def test_a_box_thinner_than_a_model_pixel_keeps_one_pixel():
     assert box_to_model_space([599, 449, 600, 450], (600, 450), (224, 168)) == [223, 167, 224, 168]
 
 
-def test_model_box_back_to_original_sorts_and_clamps_a_sloppy_answer():
-    assert box_to_original_space([224, 168, 0, 0], (224, 168), (600, 450)) == [0.0, 0.0, 600.0, 450.0]
+def test_model_box_back_to_original_clamps_a_box_beyond_the_image():
+    assert box_to_original_space([0, 0, 224, 168], (224, 168), (600, 450)) == [0.0, 0.0, 600.0, 450.0]
     assert box_to_original_space([-10, 10, 1000, 84], (224, 168), (600, 450)) == pytest.approx(
         [0.0, 10 * 450 / 168, 600.0, 225.0]
     )
+    # Wholly outside: clamped to zero area, which box_iou scores 0 (as the reward's clipped box).
+    assert box_to_original_space([300, 10, 400, 20], (224, 168), (600, 450))[::2] == [600.0, 600.0]
+
+
+@pytest.mark.parametrize("box", [[224, 168, 0, 0], [50, 10, 40, 20], [10, 20, 40, 10], [10, 10, 10, 20]])
+def test_inverted_and_zero_area_boxes_are_refused_not_sorted(box):
+    # One rule (skinderm.geometry): the reward pays 0 for these, so evaluation must not repair them.
+    with pytest.raises(ValueError, match="inverted and zero-area boxes are invalid"):
+        box_to_original_space(box, (224, 168), (600, 450))
+    with pytest.raises(ValueError, match="inverted and zero-area boxes are invalid"):
+        box_to_model_space(box, (600, 450), (224, 168))
 
 
 @settings(max_examples=300, deadline=None)

@@ -89,6 +89,20 @@ def test_without_a_model_size_the_box_is_compared_unclipped() -> None:
     assert box_reward([answer(bbox_2d=[-20, 20, 60, 60])], [0, 20, 60, 60], None, None) == [0.75]
 
 
+def test_rewards_and_evaluation_share_one_box_iou() -> None:
+    from skinderm import geometry
+    from skinderm.evaluation import metrics
+    from skinderm.rewards import iou
+
+    assert iou.box_iou is metrics.box_iou is geometry.box_iou
+
+
+@pytest.mark.parametrize("box", [[60, 60, 20, 20], [60, 20, 20, 60], [20, 60, 60, 20], [20, 20, 20, 60]])
+def test_inverted_or_zero_area_boxes_earn_zero_even_where_sorted_corners_would_overlap(box: list) -> None:
+    assert box_reward([answer(bbox_2d=box)], [20, 20, 60, 60]) == [0.0]
+    assert box_reward([answer(bbox_2d=box)], [0, 0, W, H]) == [0.0]
+
+
 def test_box_iou_helper_is_symmetric_for_boxes_inside_the_image() -> None:
     a, b = (10, 10, 50, 40), (30, 20, 70, 90)
     assert box_iou(a, b, (W, H)) == pytest.approx(box_iou(b, a, (W, H)))
