@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from skinderm.models.export import (
+from skinderm.evaluation.export import (
     ADAPTER_FILES,
     CARD_FILE,
     MANIFEST_FILE,
