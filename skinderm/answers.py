@@ -10,6 +10,11 @@ Qwen2.5-VL grounding style; coordinates are pixels of the image the model saw (a
 Model output is untrusted text. `parse_answer` never raises, never evaluates anything, reads at most
 `MAX_PARSE_CHARS` characters and tries at most `MAX_OBJECT_STARTS` candidate objects, so its time is
 bounded whatever the model emits (1 MB of digits or of `[[[[` included).
+
+What counts is defined by classes of input, not lists of bad strings, because rewards pay for it
+and GRPO searches for whatever pays: a diagnosis names exactly one class and nothing else (see
+`parse_diagnosis`), an object with a duplicate key is no answer (the decoder would silently keep the
+last value), and a box is valid or void by the one rule of `skinderm.geometry`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,7 +55,20 @@ def _parse_json_int(digits: str) -> int | float:
     return int(digits) if len(digits) <= 20 else float(digits)
 
 
-_DECODER = json.JSONDecoder(parse_int=_parse_json_int)
+class _ObjectCounts:
+    """What the decoder built during one `raw_decode`: objects with a duplicate key, answer objects."""
+
+    def __init__(self) -> None:
+        self.duplicates = 0
+        self.answers = 0
+
+    def object_from_pairs(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            self.duplicates += 1
+        if any(name in obj for name in ANSWER_FIELDS):
+            self.answers += 1
+        return obj
 
 
 @dataclass(frozen=True)
@@ -59,9 +78,11 @@ class ParsedAnswer:
     parse_ok: bool
     """An answer object was found: a decodable JSON object with at least one of ANSWER_FIELDS."""
     diagnosis: str | None
-    """Canonical class code when the diagnosis field names exactly one class."""
+    """Canonical class code when the diagnosis field names exactly one class and nothing else
+    (see `parse_diagnosis`)."""
     diagnosis_candidates: tuple[str, ...]
-    """Every class the diagnosis field names (code, full name or synonym), in CLASS_CODES order."""
+    """Every class the diagnosis field names (code, full name or synonym), in CLASS_CODES order; for
+    predictions files (what a hedge hedged between), never for scoring."""
     location: str | None
     """Canonical "{v}-{h}" grid cell."""
     bbox_2d: tuple[float, float, float, float] | None
@@ -184,6 +205,11 @@ def parse_answer(text: Any) -> ParsedAnswer:
     the JSON and ```json fences are fine, an answer nested in a wrapper object is found, and a second
     answer after the first is ignored (no hedging by listing several). Keys are matched exactly.
 
+    Duplicate keys: a decoded object that holds a duplicate key anywhere inside it (its own keys or
+    any nested object's) and is or contains an answer object voids the completion (UNPARSED; the
+    scan stops there). JSON decoders keep the last of two "diagnosis" keys, so without this an answer
+    could name one class to a reader and another to the decoder.
+
     Field values are checked, not trusted: an invalid value leaves that field None (see
     ParsedAnswer). Numbers must be finite JSON numbers (not bools, not strings, no NaN/Infinity)
     with magnitude <= MAX_ABS_COORDINATE.
@@ -193,11 +219,11 @@ def parse_answer(text: Any) -> ParsedAnswer:
     obj = _first_answer_object(text[:MAX_PARSE_CHARS])
     if obj is None:
         return UNPARSED
-    candidates = _diagnosis_candidates(obj.get("diagnosis"))
+    value = obj.get("diagnosis")
     return ParsedAnswer(
         parse_ok=True,
-        diagnosis=candidates[0] if len(candidates) == 1 else None,
-        diagnosis_candidates=candidates,
+        diagnosis=parse_diagnosis(value),
+        diagnosis_candidates=diagnosis_candidates(value) if isinstance(value, str) else (),
         location=parse_location(obj.get("location")),
         bbox_2d=_parse_box(obj.get("bbox_2d")),
         polygon=_parse_polygon(obj.get("polygon")),
@@ -219,50 +245,141 @@ def answer_to_dict(parsed: ParsedAnswer) -> dict[str, Any]:
 
 
 def _first_answer_object(text: str) -> dict[str, Any] | None:
+    counts = _ObjectCounts()
+    # One decoder per call: the counts it writes are this call's alone (rewards may run in threads).
+    decoder = json.JSONDecoder(parse_int=_parse_json_int, object_pairs_hook=counts.object_from_pairs)
     start = text.find("{")
     tries = 0
     while start != -1 and tries < MAX_OBJECT_STARTS:
         tries += 1
+        counts.duplicates = counts.answers = 0
         try:
-            value, _ = _DECODER.raw_decode(text, start)
+            value, _ = decoder.raw_decode(text, start)
         except (ValueError, RecursionError):
             # ValueError covers JSONDecodeError and ints longer than Python's digit limit.
             value = None
-        if isinstance(value, dict) and any(name in value for name in ANSWER_FIELDS):
-            return value
+        if isinstance(value, dict):
+            if counts.duplicates and counts.answers:
+                return None  # the first answer is ambiguous: void, do not look for a later one
+            if any(name in value for name in ANSWER_FIELDS):
+                return value
         start = text.find("{", start + 1)
     return None
 
 
-# Diagnosis: one regex of every name of every class, longest first, matched as whole words on
-# lower-cased text with "-" and "_" read as spaces ("basal-cell carcinoma", "Melanocytic_Nevi").
-def _normalise_words(text: str) -> str:
-    text = text.lower().replace("’", "'").replace("-", " ").replace("_", " ")
-    return re.sub(r"\s+", " ", text)
-
-
-_TERM_TO_CLASS: dict[str, str] = {
-    _normalise_words(term): code
-    for code in CLASS_CODES
-    for term in (code, CLASS_NAMES[code], *CLASS_SYNONYMS.get(code, ()))
-}
-_TERMS_PATTERN = re.compile(
-    r"(?<![a-z0-9])(?:"
-    + "|".join(re.escape(term) for term in sorted(_TERM_TO_CLASS, key=len, reverse=True))
-    + r")(?![a-z0-9])"
+# Diagnosis and location share one normalisation: Unicode NFKC + casefold (so full-width "ｍｅｌ" and
+# "MEL" read as "mel"), typographic quotes and dashes as ASCII, then only ASCII letters, digits,
+# whitespace and the separators below may remain. Any other character, in particular a non-ASCII
+# letter or combining mark left after NFKC (Cyrillic "е" in "mеl", Greek omicron, "mél"), voids the
+# value: look-alike letters would otherwise split or disguise a class word.
+_TYPOGRAPHIC = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u02bc": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
+    }
 )
+# Separators only: nothing that reads as an operator or a doubt ("!mel", "~nv", "mel?", "mel+nv").
+SEPARATOR_PUNCTUATION = frozenset("-_/,.;:()[]'\"")
+_WORD = re.compile(r"[a-z0-9]+")
+# Real answers are ~5 characters ("mel"); a long value is prose, not a diagnosis.
+MAX_DIAGNOSIS_CHARS = 200
+
+
+def _normalised(value: str) -> str:
+    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold())
+    return text.translate(_TYPOGRAPHIC)
+
+
+def _is_plain(text: str) -> bool:
+    """Only ASCII letters and digits, whitespace and SEPARATOR_PUNCTUATION (text already normalised)."""
+    return all((ch.isascii() and ch.isalnum()) or ch.isspace() or ch in SEPARATOR_PUNCTUATION for ch in text)
+
+
+def _words(text: str) -> list[str]:
+    """ASCII words of normalised text; an apostrophe joins ("bowen's" -> "bowens"), the rest separates."""
+    return _WORD.findall(text.replace("'", ""))
+
+
+# Each class's names as word sequences, grouped by first word, longest first (greedy longest match).
+_CLASS_PHRASES: dict[str, list[tuple[tuple[str, ...], str]]] = {}
+for _code in CLASS_CODES:
+    for _term in (_code, CLASS_NAMES[_code], *CLASS_SYNONYMS.get(_code, ())):
+        _phrase = tuple(_words(_normalised(_term)))
+        _CLASS_PHRASES.setdefault(_phrase[0], []).append((_phrase, _code))
+for _phrases in _CLASS_PHRASES.values():
+    _phrases.sort(key=lambda item: len(item[0]), reverse=True)
+CLASS_WORDS: frozenset[str] = frozenset(
+    word for phrases in _CLASS_PHRASES.values() for phrase, _ in phrases for word in phrase
+)
+
+# Words allowed around the one class name: articles and plainly affirmative words only ("this
+# lesion is likely a melanoma"). Kept small on purpose: every other word voids the diagnosis, so a
+# misspelt second class ("mel or nevvus"), a qualifier or a new kind of negation cannot slip through.
+FILLER_WORDS: frozenset[str] = frozenset(
+    {"a", "an", "the", "this", "it", "is", "lesion", "diagnosis", "of", "consistent", "with", "likely",
+     "probably", "probable"}
+)  # fmt: skip
+# Words that deny or exclude. They void a diagnosis by being outside FILLER_WORDS already; listed so
+# a test keeps them out of FILLER_WORDS and the class names ("non-melanoma", "rule out mel").
+NEGATION_WORDS: frozenset[str] = frozenset(
+    {"no", "not", "non", "nor", "never", "none", "neither", "without", "unlikely", "exclude",
+     "excluded", "excluding", "exclusion", "rule", "ruled", "negative", "absent", "isnt", "doesnt",
+     "cannot", "cant", "against", "except", "minus", "false"}
+)  # fmt: skip
+
+
+def _read_classes(words: Sequence[str]) -> tuple[set[str], bool]:
+    """(classes named by greedy longest phrase match, whether every other word is a filler)."""
+    named: set[str] = set()
+    only_fillers = True
+    i = 0
+    while i < len(words):
+        for phrase, code in _CLASS_PHRASES.get(words[i], ()):
+            if tuple(words[i : i + len(phrase)]) == phrase:
+                named.add(code)
+                i += len(phrase)
+                break
+        else:
+            only_fillers = only_fillers and words[i] in FILLER_WORDS
+            i += 1
+    return named, only_fillers
 
 
 def diagnosis_candidates(text: str) -> tuple[str, ...]:
-    """Every class a piece of text names (code, full name or synonym; whole words, any case)."""
-    found = {_TERM_TO_CLASS[match] for match in _TERMS_PATTERN.findall(_normalise_words(text))}
-    return tuple(code for code in CLASS_CODES if code in found)
+    """Every class a piece of text names (code, full name or synonym; whole words, any case), in
+    CLASS_CODES order. Informative only (what a hedge hedged between): scoring uses parse_diagnosis."""
+    named, _ = _read_classes(_words(_normalised(text)))
+    return tuple(code for code in CLASS_CODES if code in named)
 
 
-def _diagnosis_candidates(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, str):
-        return ()
-    return diagnosis_candidates(value)
+def parse_diagnosis(value: Any) -> str | None:
+    """The class code a diagnosis value names, or None unless it names exactly one class and nothing else.
+
+    The value (a str of at most MAX_DIAGNOSIS_CHARS) is normalised (see above) and split into words;
+    the words must read as one or more names of ONE class (code, CLASS_NAMES or CLASS_SYNONYMS,
+    whole words; "Melanoma (mel)" is fine) plus FILLER_WORDS. So a second class ("mel or nv"), a
+    negation ("not mel", "non-melanoma", "mel unlikely"), an unknown or misspelt word ("mel or
+    nevvus", "malignant melanoma"), a number, a non-ASCII letter or stray punctuation ("mel?")
+    each give None, i.e. a wrong answer for the reward and for evaluation alike.
+    """
+    if not isinstance(value, str) or len(value) > MAX_DIAGNOSIS_CHARS:
+        return None
+    text = _normalised(value)
+    if not _is_plain(text):
+        return None
+    words = _words(text)
+    if NEGATION_WORDS.intersection(words):
+        return None
+    named, only_fillers = _read_classes(words)
+    return next(iter(named)) if len(named) == 1 and only_fillers else None
 
 
 # Location: two position words in either order ("top left", "Left-Top", "middle center"), or one
@@ -287,11 +404,17 @@ _MAX_LOCATION_CHARS = 100
 
 
 def parse_location(value: Any) -> str | None:
-    """Canonical "{v}-{h}" for a location string, or None when it is not exactly one grid cell."""
+    """Canonical "{v}-{h}" for a location string, or None when it is not exactly one grid cell.
+
+    Normalised like a diagnosis: non-ASCII letters, digits and stray punctuation void it too.
+    """
     if not isinstance(value, str) or len(value) > _MAX_LOCATION_CHARS:
         return None
+    text = _normalised(value)
+    if not _is_plain(text):
+        return None
     positions = []
-    for word in re.findall(r"[a-z]+", value.lower()):
+    for word in _words(text):
         if word in _POSITION_WORDS:
             positions.append(_POSITION_WORDS[word])
         elif word not in _FILLER_WORDS:

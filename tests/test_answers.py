@@ -12,16 +12,29 @@ from hypothesis import strategies as st
 
 from skinderm.answers import (
     ANSWER_FIELDS,
+    CLASS_WORDS,
+    FILLER_WORDS,
     MAX_ABS_COORDINATE,
+    MAX_DIAGNOSIS_CHARS,
+    NEGATION_WORDS,
     ParsedAnswer,
     answer_to_dict,
     completion_text,
     diagnosis_candidates,
     format_answer,
     parse_answer,
+    parse_diagnosis,
     parse_location,
 )
 from skinderm.data.classes import CLASS_CODES, CLASS_NAMES, CLASS_SYNONYMS, LOCATIONS
+from tests.answer_holes import (
+    HOLE_COMPLETION_EXAMPLES,
+    HOLE_COMPLETIONS,
+    HOLE_EXAMPLES,
+    HOLE_VALUES,
+    full_width,
+    true_values,
+)
 
 PERFECT = '{"diagnosis": "mel", "location": "center-center", "bbox_2d": [10, 20, 110, 90]}'
 
@@ -221,6 +234,90 @@ def test_a_diagnosis_that_is_not_a_string_names_no_class(value: object) -> None:
 
 def test_diagnosis_candidates_helper_matches_the_parser() -> None:
     assert diagnosis_candidates("Dermatofibroma or VASC") == ("df", "vasc")
+
+
+# --- parse_diagnosis: exactly one class and nothing else (hole classes: tests/answer_holes.py) ---
+
+
+@pytest.mark.parametrize("hole", sorted(HOLE_EXAMPLES))
+def test_written_out_hole_examples_name_no_class(hole: str) -> None:
+    for value in HOLE_EXAMPLES[hole]:
+        assert parse_diagnosis(value) is None, value
+        assert parse_answer(json.dumps({"diagnosis": value})).diagnosis is None, value
+
+
+@pytest.mark.parametrize("hole", sorted(HOLE_VALUES))
+def test_every_hole_class_names_no_class(hole: str) -> None:
+    @settings(max_examples=150, deadline=None)
+    @given(HOLE_VALUES[hole])
+    def check(pair: tuple[str, str]) -> None:
+        value, _ = pair
+        assert parse_diagnosis(value) is None
+        assert parse_answer(json.dumps({"diagnosis": value})).diagnosis is None
+
+    check()
+
+
+@settings(max_examples=300, deadline=None)
+@given(true_values)
+def test_one_class_in_any_case_spacing_or_width_names_that_class(pair: tuple[str, str]) -> None:
+    value, code = pair
+    assert parse_diagnosis(value) == code
+    assert parse_answer(json.dumps({"diagnosis": value})).diagnosis == code
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        ("mel", "mel"),
+        (" MEL\n", "mel"),
+        ("\u00a0Melanoma\u3000", "mel"),
+        (full_width("mel"), "mel"),
+        ("\U0001d426\U0001d41e\U0001d425", "mel"),  # mathematical bold: NFKC-equivalent to "mel"
+        ("Melanoma (mel)", "mel"),  # two names of one class
+        ("this lesion is likely a melanoma", "mel"),
+        ("Basal-Cell Carcinoma", "bcc"),
+        ("Bowen\u2019s disease", "akiec"),
+        ("actinic keratoses and intraepithelial carcinoma", "akiec"),  # "and" inside the class name
+        ("benign keratosis-like lesions", "bkl"),
+        ("vascular lesion", "vasc"),
+    ],
+)
+def test_true_single_class_answers_still_parse(value: str, code: str) -> None:
+    assert parse_diagnosis(value) == code
+
+
+def test_negation_words_are_neither_fillers_nor_part_of_a_class_name() -> None:
+    assert not NEGATION_WORDS & FILLER_WORDS
+    assert not NEGATION_WORDS & CLASS_WORDS
+    assert {"not", "no", "non", "unlikely", "rule"} <= NEGATION_WORDS
+
+
+def test_a_diagnosis_longer_than_the_limit_names_no_class() -> None:
+    value = "mel" + " " * MAX_DIAGNOSIS_CHARS
+    assert parse_diagnosis(value) is None
+    assert parse_diagnosis(value.strip()) == "mel"
+
+
+# --- parse_answer: duplicate keys --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", HOLE_COMPLETION_EXAMPLES["duplicate keys"])
+def test_an_answer_with_a_duplicate_key_is_no_answer(text: str) -> None:
+    parsed = parse_answer(text)
+    assert parsed == parse_answer("")
+    assert not parsed.parse_ok
+
+
+@settings(max_examples=200, deadline=None)
+@given(HOLE_COMPLETIONS["duplicate keys"])
+def test_any_duplicate_key_in_or_around_an_answer_voids_it(pair: tuple[str, str]) -> None:
+    assert not parse_answer(pair[0]).parse_ok
+
+
+def test_duplicate_keys_in_an_object_before_the_answer_do_not_void_the_answer() -> None:
+    parsed = parse_answer('{"thinking": "a", "thinking": "b"} then {"diagnosis": "mel"}')
+    assert parsed.parse_ok and parsed.diagnosis == "mel"
 
 
 # --- parse_answer: location -----------------------------------------------------------------------

@@ -6,15 +6,17 @@ completions. Coordinates are pixels of the image the model saw (after smart_resi
 
 | name (logged as rewards/<name>/mean) | columns | pays |
 |---|---|---|
-| diagnosis | dx | 1 for exactly the true class (0: none, several, wrong); inverse-frequency option |
+| diagnosis | dx | 1 for exactly the true class and nothing else (parse_diagnosis); inverse-frequency option |
 | spatial | location | 1 true grid cell, 0.5 edge-adjacent cell |
 | bbox_iou | bbox_2d, model_width, model_height | IoU of the answer box (clipped) with the true box |
 | mask_iou | mask_path, model_width, model_height | IoU of the answer polygon (else box) with the mask |
 | format | - | 1 when every required field is present and valid |
 
-Rewards never raise on a completion, whatever the model wrote; a missing ground truth (None)
-gives 0. They raise ValueError only for a set-up error: a dataset column the reward needs is absent
-or misaligned. `build_reward_functions` maps the `reward` config group to funcs + weights.
+Box IoU and the bad-box rule are skinderm.geometry's, the ones evaluation uses: an inverted,
+zero-area or non-finite box earns 0. Rewards never raise on a completion, whatever the model wrote;
+a missing ground truth (None) gives 0. They raise ValueError only for a set-up error: a dataset
+column the reward needs is absent or misaligned. `build_reward_functions` maps the `reward` config
+group to funcs + weights.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 """Diagnosis reward: 1 for naming exactly the true class, optionally paid less for common classes.
 
 Matching is strict on purpose: substring rewards let an empty answer or "A or B or C" score 1.0
-(Visual-RFT #176, #79). Here an answer that names no class, several classes ("mel or nv", "not nv
-but mel") or the wrong class earns 0; classes are recognised by code, full name or synonym
-(skinderm.data.classes), as whole words in any case.
+(Visual-RFT #176, #79). The reward reads `ParsedAnswer.diagnosis`, i.e.
+`skinderm.answers.parse_diagnosis`, the same reading evaluation counts: 1 only when the value names
+exactly one class (code, full name or synonym, any case, NFKC-normalised) and nothing else. No class,
+several classes ("mel or nv"), a negation ("not mel", "non-melanoma"), an unknown or misspelt word
+("mel or nevvus"), a non-ASCII look-alike letter ("mеl" with a Cyrillic е) or an answer object with
+a duplicate key all earn 0, as does the wrong class.
 
 Class weighting (`class_weighting="inverse_frequency"`): with N training images, K classes present
 and count_c images of class c, the weight is

@@ -11,6 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from skinderm.answers import parse_answer
@@ -22,7 +24,10 @@ from skinderm.evaluation.generation import (
     prediction_record,
     prompt_text,
 )
+from skinderm.evaluation.metrics import compute_metrics
 from skinderm.models.coordinates import box_to_model_space, model_input_size
+from skinderm.rewards import bbox_iou_reward, diagnosis_reward
+from tests.answer_holes import HOLE_COMPLETION_EXAMPLES, HOLE_COMPLETIONS, true_answers
 
 PROMPT = "Look at this dermoscopy image. Answer in JSON."
 BUILDER = ExampleBuilder(fields=("diagnosis", "location", "bbox_2d"), min_pixels=3136, max_pixels=40_000)
@@ -157,3 +162,89 @@ def test_answer_polygon_is_mapped_back_to_original_pixels() -> None:
     bbox, polygon = answer_in_original_space(parsed, model_size, (600, 450))
     assert bbox is None
     assert polygon == [[0.0, 0.0], [600.0, 0.0], [300.0, 450.0]]
+
+
+# --- evaluation counts what the reward counts (hole classes: tests/answer_holes.py) ---------------
+
+# 448x336 shrinks to exactly half (224x168) under the tiny model's budget, so model-space answers map
+# back to original pixels without rounding and box IoU can be compared with the reward's exactly.
+MODEL_TRUTH = [40, 20, 120, 80]
+
+
+def _exact_record(dx: str) -> dict:
+    return {
+        "image_id": "ISIC_0000002",
+        "lesion_id": "HAM_0000002",
+        "dx": dx,
+        "image_width": 448,
+        "image_height": 336,
+        "bbox": [2 * v for v in MODEL_TRUTH],
+        "location": "top-left",
+        "mask_available": False,
+        "mask_path_abs": None,
+        "sex": "male",
+        "age": 40.0,
+        "localization": "back",
+    }
+
+
+def _scored(completion: str, dx: str) -> tuple[float, dict, dict]:
+    """(diagnosis reward, prediction record, metrics of that one record) for one completion."""
+    prediction = prediction_record(_exact_record(dx), completion, BUILDER)
+    return diagnosis_reward([completion], dx=[dx])[0], prediction, compute_metrics([prediction])
+
+
+def test_the_exact_record_is_half_size_in_model_space() -> None:
+    assert BUILDER.model_size(_exact_record("mel")) == (224, 168)
+
+
+@pytest.mark.parametrize("hole", sorted(HOLE_COMPLETION_EXAMPLES))
+def test_written_out_hole_examples_count_as_wrong_in_evaluation(hole: str) -> None:
+    completions = HOLE_COMPLETION_EXAMPLES[hole]
+    predictions = [prediction_record(_exact_record("mel"), text, BUILDER) for text in completions]
+    metrics = compute_metrics(predictions)
+    assert [p["dx_pred"] for p in predictions] == [None] * len(completions)
+    assert metrics["accuracy"] == 0.0 and metrics["n_unparsed"] == len(completions)
+    assert diagnosis_reward(list(completions), dx=["mel"] * len(completions)) == [0.0] * len(completions)
+
+
+@pytest.mark.parametrize("hole", sorted(HOLE_COMPLETIONS))
+def test_every_hole_class_scores_zero_in_the_reward_and_counts_wrong_in_evaluation(hole: str) -> None:
+    @settings(max_examples=60, deadline=None)
+    @given(HOLE_COMPLETIONS[hole])
+    def check(pair: tuple[str, str]) -> None:
+        completion, dx = pair
+        reward, prediction, metrics = _scored(completion, dx)
+        assert reward == 0.0
+        assert prediction["dx_pred"] is None
+        assert metrics["accuracy"] == 0.0 and metrics["balanced_accuracy"] == 0.0
+        assert metrics["confusion_matrix"][metrics["confusion_labels"].index(dx)][-1] == 1  # "unparsed"
+
+    check()
+
+
+@settings(max_examples=100, deadline=None)
+@given(true_answers)
+def test_a_true_single_class_answer_earns_the_reward_and_counts_right(pair: tuple[str, str]) -> None:
+    completion, dx = pair
+    reward, prediction, metrics = _scored(completion, dx)
+    assert reward == 1.0 and prediction["dx_pred"] == dx and metrics["accuracy"] == 1.0
+
+
+model_coordinate = st.integers(-40, 260)
+
+
+@settings(max_examples=200, deadline=None)
+@given(box=st.tuples(model_coordinate, model_coordinate, model_coordinate, model_coordinate))
+def test_box_iou_in_evaluation_equals_the_box_reward_inverted_and_degenerate_boxes_included(
+    box: tuple[int, int, int, int],
+) -> None:
+    completion = json.dumps({"diagnosis": "mel", "bbox_2d": list(box)})
+    reward = bbox_iou_reward([completion], bbox_2d=[MODEL_TRUTH], model_width=[224], model_height=[168])[0]
+    prediction = prediction_record(_exact_record("mel"), completion, BUILDER)
+    assert prediction["iou"] == pytest.approx(reward, abs=1e-12)
+    metrics = compute_metrics([prediction])["bbox"]
+    assert metrics["mean_iou"] == pytest.approx(reward, abs=1e-12)
+    x1, y1, x2, y2 = box
+    if x2 <= x1 or y2 <= y1:  # invalid: no box in the record, IoU 0, as the reward pays 0
+        assert reward == 0.0 and prediction["bbox_pred"] is None and metrics["n_missing_pred"] == 1

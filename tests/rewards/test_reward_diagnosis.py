@@ -6,10 +6,14 @@ import json
 import pickle
 
 import pytest
+from hypothesis import given, settings
 
 from skinderm.data.classes import CLASS_CODES, HAM10000_CLASS_COUNTS
 from skinderm.rewards import diagnosis_reward, get_diagnosis_reward
 from skinderm.rewards.diagnosis import inverse_frequency_weights
+from tests.answer_holes import HOLE_COMPLETION_EXAMPLES, HOLE_COMPLETIONS, true_answers
+
+WEIGHTED = get_diagnosis_reward("inverse_frequency", HAM10000_CLASS_COUNTS)
 
 
 def answer(diagnosis: object) -> str:
@@ -28,6 +32,13 @@ def answer(diagnosis: object) -> str:
         (answer("mel or nv"), 0.0),  # hedging between two classes
         (answer("mel, nv, bcc, bkl, akiec, df, vasc"), 0.0),  # listing every class
         (answer("melanoma, not nevus"), 0.0),
+        (answer("not mel"), 0.0),  # negation
+        (answer("non-melanoma"), 0.0),
+        (answer("mel or nevvus"), 0.0),  # hedge with a misspelt second class
+        (answer("m\u0435l"), 0.0),  # Cyrillic ie
+        (answer("\uff4d\uff45\uff4c"), 1.0),  # full-width "mel": NFKC-equivalent
+        (answer("  Mel \n"), 1.0),
+        ('{"diagnosis": "nv", "diagnosis": "mel"}', 0.0),  # duplicate key: the decoder keeps "mel"
         (answer(""), 0.0),
         (answer(None), 0.0),
         (answer(["mel"]), 0.0),
@@ -40,6 +51,38 @@ def answer(diagnosis: object) -> str:
 )
 def test_only_naming_exactly_the_true_class_earns_the_reward(completion: object, expected: float) -> None:
     assert diagnosis_reward([completion], dx=["mel"]) == [expected]
+
+
+# --- hole classes (tests/answer_holes.py): each states the true class and still earns 0 ----------
+
+
+@pytest.mark.parametrize("hole", sorted(HOLE_COMPLETION_EXAMPLES))
+def test_written_out_hole_examples_earn_zero(hole: str) -> None:
+    for completion in HOLE_COMPLETION_EXAMPLES[hole]:
+        truth = "mel" if "mel" in completion else "nv"
+        for reward in (diagnosis_reward, WEIGHTED):
+            assert reward([completion], dx=["mel"]) == [0.0], completion
+            assert reward([completion], dx=[truth]) == [0.0], completion
+
+
+@pytest.mark.parametrize("hole", sorted(HOLE_COMPLETIONS))
+def test_every_hole_class_earns_zero_for_the_class_it_states(hole: str) -> None:
+    @settings(max_examples=150, deadline=None)
+    @given(HOLE_COMPLETIONS[hole])
+    def check(pair: tuple[str, str]) -> None:
+        completion, truth = pair
+        assert diagnosis_reward([completion], dx=[truth]) == [0.0]
+        assert WEIGHTED([completion], dx=[truth]) == [0.0]
+
+    check()
+
+
+@settings(max_examples=300, deadline=None)
+@given(true_answers)
+def test_one_true_class_in_any_case_spacing_or_width_earns_the_full_reward(pair: tuple[str, str]) -> None:
+    completion, truth = pair
+    assert diagnosis_reward([completion], dx=[truth]) == [1.0]
+    assert WEIGHTED([completion], dx=[truth]) == [WEIGHTED.correct_reward[truth]]
 
 
 def test_missing_or_unknown_ground_truth_earns_zero() -> None:
