@@ -52,10 +52,10 @@ def main() -> None:
 
     from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
+    from skinderm.core.files import to_plain
     from skinderm.models.loading import load_model_and_processor
     from skinderm.training.common import example_builder, load_split_records
     from skinderm.training.pipeline import run_training
-    from skinderm.training.run import to_plain
 
     records = load_split_records(cfg)["train"][: options.n]
     builder = example_builder(cfg)

@@ -69,8 +69,8 @@ def main() -> None:
 
     import torch
 
+    from skinderm.coordinates import model_input_size
     from skinderm.evaluation.generation import generate_answers
-    from skinderm.models.coordinates import model_input_size
     from skinderm.models.loading import load_model_and_processor
     from skinderm.models.tiny import TINY_MAX_PIXELS, ensure_tiny_model
 

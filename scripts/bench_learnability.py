@@ -30,7 +30,7 @@ def compose_config(overrides: list[str], run_dir: Path | None) -> Any:
 
     import skinderm  # noqa: F401  (registers the config resolvers)
     from skinderm.config import validate_config
-    from skinderm.training.checkpoints import claim_new_run_dir
+    from skinderm.core.runs import claim_new_run_dir
 
     with initialize_config_module(version_base="1.3", config_module="skinderm.conf"):
         cfg = compose("train", overrides=["logger=none", *overrides])
@@ -45,10 +45,10 @@ def compose_config(overrides: list[str], run_dir: Path | None) -> Any:
 
 def score(model_dir: Path, cfg: Any, records: list[dict[str, Any]], desc: str) -> dict[str, Any]:
     """Greedy answers of the model in `model_dir` on `records`, scored (full metrics)."""
+    from skinderm.core.files import to_plain
     from skinderm.evaluation.runner import evaluate_records
     from skinderm.models.loading import load_model_and_processor
     from skinderm.training.common import example_builder
-    from skinderm.training.run import to_plain
 
     model_cfg = {**to_plain(cfg.model), "name_or_path": str(model_dir), "tiny": None}
     model, processor = load_model_and_processor(model_cfg, torch_dtype=cfg.hardware.precision)
@@ -92,9 +92,9 @@ def main() -> None:
         with open_dict(cfg):
             cfg.stage.save_total_limit = None
 
+    from skinderm.core.files import write_json_atomic
     from skinderm.training.common import load_split_records
     from skinderm.training.pipeline import format_summary, run_training
-    from skinderm.training.run import write_json_atomic
 
     started = time.perf_counter()
     train_metrics = run_training(cfg)

@@ -129,13 +129,13 @@ def bare_spec(root: Path, first_run: Path) -> dict[str, Any]:
     from omegaconf import OmegaConf
     from trl import SFTConfig
 
+    from skinderm.core.runs import RunFolder
     from skinderm.training.common import (
         build_examples,
         example_builder,
         load_split_records,
         trainer_arguments,
     )
-    from skinderm.training.run import RunFolder
 
     cfg = OmegaConf.load(first_run / "config_resolved.yaml")
     examples = build_examples(load_split_records(cfg)["train"], example_builder(cfg).sft_example, "examples")

@@ -21,7 +21,7 @@ if not OmegaConf.has_resolver("cwd"):
 
 
 def _run_dir(resume: str | None, runs_root: str, stamp: str) -> str:
-    from skinderm.training.checkpoints import resolve_run_dir
+    from skinderm.core.runs import resolve_run_dir
 
     return resolve_run_dir(resume, runs_root, stamp)
 

@@ -26,12 +26,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from skinderm.answers import ANSWER_FIELDS
-from skinderm.models.coordinates import check_pixel_budget
-
-
-class ConfigError(ValueError):
-    """A user-fixable configuration problem; its message is one line naming the key."""
-
+from skinderm.coordinates import check_pixel_budget
+from skinderm.core.errors import ConfigError
 
 # Errors our code raises for things a user can fix (bad paths, data or settings). Their messages name the
 # file or key and the fix, so the command line shows that one line instead of a traceback.

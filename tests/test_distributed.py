@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -72,18 +71,15 @@ def _read_shards(run_dir: Path) -> dict[int, list[str]]:
 
 def _class_balanced_order(run_dir: Path, seed: int) -> list[str]:
     """The image_ids the class-balanced sampler draws for the whole job (what the ranks split)."""
-    import torch
-
     from skinderm.data.prepare import prepare_dataset
+    from skinderm.training.sampling import EpochSeededWeightedSampler, class_balanced_weights
 
     resolved = OmegaConf.load(run_dir / "config_resolved.yaml")
     frame = prepare_dataset(OmegaConf.to_container(resolved.dataset, resolve=True))
     train = frame[frame["split"] == "train"]
-    counts = Counter(train["dx"])
-    weights = torch.tensor([1.0 / counts[dx] for dx in train["dx"]], dtype=torch.double)
-    draws = torch.multinomial(weights, len(weights), True, generator=torch.Generator().manual_seed(seed))
+    draws = EpochSeededWeightedSampler(class_balanced_weights(list(train["dx"])), seed=seed)
     image_ids = list(train["image_id"])
-    return [image_ids[index] for index in draws.tolist()]
+    return [image_ids[index] for index in draws]  # epoch 0: the jobs are shorter than one epoch
 
 
 @pytest.fixture(scope="module")

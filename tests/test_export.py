@@ -103,7 +103,7 @@ def reference_answers(run_dir: Path, image_dir: Path) -> tuple[list[str], list[P
     """The run's own greedy answers (skinderm's batched generation) on test images, saved as PNGs."""
     from omegaconf import OmegaConf
 
-    from skinderm.data.conversations import ExampleBuilder
+    from skinderm.conversations import ExampleBuilder
     from skinderm.evaluation.generation import generate_answers
     from skinderm.evaluation.runner import load_evaluation_records
     from skinderm.models.checkpoints import load_run_config, load_run_model

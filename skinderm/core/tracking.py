@@ -16,8 +16,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from skinderm.config import ConfigError
-from skinderm.training.run import is_main_process, to_plain
+from skinderm.core.errors import ConfigError
+from skinderm.core.files import to_plain
+from skinderm.core.runs import is_main_process
 
 log = logging.getLogger(__name__)
 

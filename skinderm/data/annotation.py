@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from skinderm.core import files
 from skinderm.data import layout
 from skinderm.data.classes import location_from_point, spatial_description
 from skinderm.data.errors import (
@@ -38,10 +39,10 @@ from skinderm.data.errors import (
     format_counts,
     skip_counts,
     sort_items,
-    write_skipped_csv,
 )
 from skinderm.data.ham10000 import OnError, check_on_error, index_dataset
 from skinderm.data.images import check_image_aspect, decode_mask, read_image_size
+from skinderm.data.skipped import write_skipped_csv
 
 log = logging.getLogger(__name__)
 
@@ -382,7 +383,7 @@ def annotate_dataset(
     on_error = check_on_error(on_error)
     root = Path(root)
     out_dir = root if out_dir is None else Path(out_dir)
-    layout.remove_stale_temp_files(out_dir)
+    files.remove_stale_temp_files(out_dir)
     index = index_dataset(root, on_error=on_error)
     metadata = index.metadata
     items = [
@@ -450,9 +451,9 @@ def annotate_dataset(
     frame = records_to_frame(records)
     json_path = out_dir / layout.ANNOTATIONS_JSON
     csv_path = out_dir / layout.ANNOTATIONS_CSV
-    layout.atomic_write_text(out_dir / layout.ANNOTATIONS_SUMMARY_JSON, json.dumps(summary, indent=1) + "\n")
-    layout.atomic_write_text(csv_path, _records_csv(frame))
-    layout.atomic_write_text(json_path, _records_json(records))  # last: its mtime marks a complete run
+    files.atomic_write_text(out_dir / layout.ANNOTATIONS_SUMMARY_JSON, json.dumps(summary, indent=1) + "\n")
+    files.atomic_write_text(csv_path, _records_csv(frame))
+    files.atomic_write_text(json_path, _records_json(records))  # last: its mtime marks a complete run
     frame.attrs.update(annotation_attrs(summary, skipped, out_dir))
     log.info("Annotated %s -> %s: %s", root, json_path, format_data_summary(frame.attrs))
     return frame

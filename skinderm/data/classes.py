@@ -22,11 +22,22 @@ CLASS_NAMES: dict[str, str] = {
 
 # Other ways a model (or a person) names a class. Lower-case; matched as whole words.
 CLASS_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "akiec": ("actinic keratosis", "actinic keratoses", "bowen's disease", "bowens disease",
-              "intraepithelial carcinoma"),
+    "akiec": (
+        "actinic keratosis",
+        "actinic keratoses",
+        "bowen's disease",
+        "bowens disease",
+        "intraepithelial carcinoma",
+    ),
     "bcc": ("basal cell carcinoma", "basal-cell carcinoma"),
-    "bkl": ("benign keratosis", "benign keratosis-like lesion", "benign keratosis-like lesions",
-            "seborrheic keratosis", "solar lentigo", "lichen planus-like keratosis"),
+    "bkl": (
+        "benign keratosis",
+        "benign keratosis-like lesion",
+        "benign keratosis-like lesions",
+        "seborrheic keratosis",
+        "solar lentigo",
+        "lichen planus-like keratosis",
+    ),
     "df": ("dermatofibroma",),
     "mel": ("melanoma",),
     "nv": ("nevus", "naevus", "nevi", "melanocytic nevus", "melanocytic nevi", "mole"),
@@ -35,7 +46,13 @@ CLASS_SYNONYMS: dict[str, tuple[str, ...]] = {
 
 # Image counts per class in the HAM10000 release (Tschandl et al. 2018): the default class mix.
 HAM10000_CLASS_COUNTS: dict[str, int] = {
-    "akiec": 327, "bcc": 514, "bkl": 1099, "df": 115, "mel": 1113, "nv": 6705, "vasc": 142,
+    "akiec": 327,
+    "bcc": 514,
+    "bkl": 1099,
+    "df": 115,
+    "mel": 1113,
+    "nv": 6705,
+    "vasc": 142,
 }
 
 VERTICAL_BANDS: tuple[str, ...] = ("top", "center", "bottom")

@@ -3,18 +3,13 @@
 The release circulates in several spellings (Harvard Dataverse, Kaggle mirrors, ISIC archives), so
 discovery matches names case-insensitively and sniffs the metadata delimiter instead of trusting
 the extension. Every other module asks this one for paths; nobody else spells a HAM10000 name.
-Also the two file-system helpers every writer of a dataset folder needs (atomic write, lock).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
-import os
 import re
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from skinderm.data.errors import DataError, DataFileNotFoundError
@@ -148,103 +143,3 @@ def find_mask_folder(root: str | Path) -> Path | None:
         if entry.is_dir() and entry.name.lower() == MASK_FOLDER_NAME.lower():
             return entry
     return None
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write through a temporary file and rename, so readers never see half a file."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """`atomic_write_text` for bytes. Any OSError (a full disk: ENOSPC, EDQUOT) names `path`.
-
-    Why: a failed write() reports no file name (and a failed open the temporary one), so the one-line
-    message would not say which file could not be written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{TEMP_INFIX}{os.getpid()}")
-    try:
-        _write_new_file(tmp, data)
-        os.replace(tmp, path)
-    except OSError as error:
-        raise _naming(error, path) from error
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-
-
-def _naming(error: OSError, path: Path) -> OSError:
-    """The same kind of OSError (errno and text kept), with `filename` = `path`."""
-    try:
-        return type(error)(error.errno, error.strerror or str(error), str(path))
-    except TypeError:  # pragma: no cover - an OSError subclass with another signature
-        return OSError(error.errno, error.strerror or str(error), str(path))
-
-
-# Temporary files of `atomic_write_bytes` are `.<name>.tmp-<pid>`; one older than this was left by a
-# killed writer (a write takes well under a second) and is removed by `remove_stale_temp_files`.
-TEMP_INFIX = ".tmp-"
-_TEMP_PATTERN = re.compile(r"\..+\.tmp-\d+")
-STALE_TEMP_SECONDS = 600.0
-
-
-def is_temp_file_name(name: str) -> bool:
-    """Whether `name` is one of `atomic_write_bytes`'s temporary files."""
-    return _TEMP_PATTERN.fullmatch(name) is not None
-
-
-def remove_stale_temp_files(folder: str | Path, older_than: float = STALE_TEMP_SECONDS) -> list[Path]:
-    """Delete our own temporary files in `folder` older than `older_than` seconds; warn, return them.
-
-    Why: a writer killed between writing and renaming leaves `.<name>.tmp-<pid>` behind forever. Only
-    that name pattern is touched (nothing of the user's), and only old files, so a writer that is
-    running right now (another rank) keeps its file.
-    """
-    folder = Path(folder)
-    removed: list[Path] = []
-    now = time.time()
-    try:
-        entries = list(os.scandir(folder))
-    except (FileNotFoundError, NotADirectoryError):
-        return removed
-    for entry in sorted(entries, key=lambda e: e.name):
-        if not is_temp_file_name(entry.name):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-            if not entry.is_file(follow_symlinks=False) or now - info.st_mtime < older_than:
-                continue
-            os.unlink(entry.path)
-        except FileNotFoundError:  # removed meanwhile by another process
-            continue
-        removed.append(Path(entry.path))
-    if removed:
-        log.warning(
-            "Removed %d temporary files left in %s by interrupted writes (first: %s)",
-            len(removed), folder, removed[0].name,
-        )  # fmt: skip
-    return removed
-
-
-@contextlib.contextmanager
-def exclusive_lock(lock_path: str | Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on `lock_path` (created if needed).
-
-    Every rank of a multi-GPU launch prepares the same dataset folder; the lock makes one of them
-    generate or annotate while the others wait and then reuse the result.
-    """
-    lock_path = Path(lock_path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

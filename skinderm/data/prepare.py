@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from skinderm.core import files
 from skinderm.data import layout
 from skinderm.data.annotation import (
     annotate_dataset,
@@ -24,8 +25,9 @@ from skinderm.data.annotation import (
     load_annotations,
     read_annotation_summary,
 )
-from skinderm.data.errors import DataError, read_skipped_csv
+from skinderm.data.errors import DataError
 from skinderm.data.ham10000 import check_on_error
+from skinderm.data.skipped import read_skipped_csv
 from skinderm.data.splits import extend_splits, make_splits, read_splits, split_summary, write_splits
 from skinderm.data.synthetic import ensure_synthetic_dataset, is_synthetic_dataset_current
 
@@ -84,8 +86,8 @@ def prepare_dataset(dataset_cfg: Mapping) -> pd.DataFrame:
             log.info("Synthetic dataset: generated %s", root)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with layout.exclusive_lock(out_dir / layout.PREPARE_LOCK):
-        layout.remove_stale_temp_files(out_dir)
+    with files.exclusive_lock(out_dir / layout.PREPARE_LOCK):
+        files.remove_stale_temp_files(out_dir)
         records = _annotations(root, out_dir, on_error)
         split = _splits(records, out_dir, split_params)
 
@@ -149,7 +151,7 @@ def _splits(records: pd.DataFrame, out_dir: Path, params: dict[str, Any]) -> pd.
         log.info("Splits: %s was made with %s, remaking it with %s", splits_path, stored, params)
     split = make_splits(records, **params)
     write_splits(records, split, splits_path)
-    layout.atomic_write_text(params_path, json.dumps(params, sort_keys=True) + "\n")
+    files.atomic_write_text(params_path, json.dumps(params, sort_keys=True) + "\n")
     log.info("Splits: wrote %s (%s)", splits_path, params)
     return split
 
@@ -178,8 +180,14 @@ def _aligned_splits(
         # Images skipped when the splits were made, since fixed: place them without moving the others.
         added = records.loc[~known, ["image_id", "lesion_id", "dx"]].assign(split=split[~known].to_numpy())
         combined = pd.concat([table, added], ignore_index=True)
-        layout.atomic_write_text(splits_path, combined.to_csv(index=False, lineterminator="\n"))
+        files.atomic_write_text(splits_path, combined.to_csv(index=False, lineterminator="\n"))
         log.info("Splits: added %d images to %s, earlier assignments kept", len(missing), splits_path)
     else:
         log.info("Splits: %s %s", "given" if user_made else "reusing", splits_path)
     return pd.Series(split.to_numpy(), index=records.index, name="split", dtype=object)
+
+
+def frame_to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as dicts with missing values as None (pandas gives NaN, which JSON and TRL dislike)."""
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return records

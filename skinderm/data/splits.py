@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from skinderm.data import layout
+from skinderm.core import files
 from skinderm.data.classes import CLASS_CODES
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def write_splits(df: pd.DataFrame, split: pd.Series, path: str | Path) -> Path:
     if not split.index.equals(df.index):
         raise ValueError("write_splits: the split Series must be index-aligned with the DataFrame.")
     table = df[["image_id", "lesion_id", "dx"]].assign(split=split.to_numpy())
-    layout.atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
+    files.atomic_write_text(path, table.to_csv(index=False, lineterminator="\n"))
     return path
 
 
@@ -141,3 +142,11 @@ def split_summary(df: pd.DataFrame, split: pd.Series) -> pd.DataFrame:
     table = pd.crosstab(pd.Categorical(df["dx"], categories=CLASS_CODES), split.to_numpy(), margins=True)
     table.index.name, table.columns.name = "dx", "split"
     return table.reindex(columns=[*(s for s in SPLIT_NAMES if s in table.columns), "All"])
+
+
+def subsample(records: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
+    """A seeded, order-stable subset (for eval sets that must stay cheap)."""
+    if not limit or len(records) <= limit:
+        return records
+    keep = np.sort(np.random.default_rng(seed).choice(len(records), size=int(limit), replace=False))
+    return [records[index] for index in keep]

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from skinderm.core import files
 from skinderm.data import layout
 from skinderm.data.classes import CLASS_CODES, HAM10000_CLASS_COUNTS, location_from_point
 from skinderm.data.errors import DataError
@@ -522,7 +523,7 @@ def generate_synthetic_ham10000(
     # Marks the folder as the generator's before anything else is written, so that an interrupted
     # generation is recognised (and redone) rather than refused as someone else's data.
     marker = {"generator_version": GENERATOR_VERSION, "params": params}
-    layout.atomic_write_text(out_dir / layout.SYNTHETIC_MARKER, json.dumps(marker, indent=2, sort_keys=True))
+    files.atomic_write_text(out_dir / layout.SYNTHETIC_MARKER, json.dumps(marker, indent=2, sort_keys=True))
 
     rng = np.random.default_rng(seed)
     metadata, image_lesion, lesion_dx = _metadata_for(rng, num_images, class_counts, max_images_per_lesion)
@@ -575,11 +576,11 @@ def generate_synthetic_ham10000(
         )  # fmt: skip
 
     metadata_csv = metadata.sort_values(["lesion_id", "image_id"]).to_csv(index=False)
-    layout.atomic_write_text(out_dir / "HAM10000_metadata.csv", metadata_csv)
+    files.atomic_write_text(out_dir / "HAM10000_metadata.csv", metadata_csv)
     truth_csv = pd.DataFrame(truth_rows, columns=list(GROUND_TRUTH_COLUMNS)).to_csv(index=False)
-    layout.atomic_write_text(out_dir / layout.SYNTHETIC_GROUND_TRUTH_CSV, truth_csv)
+    files.atomic_write_text(out_dir / layout.SYNTHETIC_GROUND_TRUTH_CSV, truth_csv)
     marker = {"generator_version": GENERATOR_VERSION, "params": params, "num_lesions": n_lesions}
-    layout.atomic_write_text(out_dir / layout.COMPLETE_MARKER, json.dumps(marker, indent=2, sort_keys=True))
+    files.atomic_write_text(out_dir / layout.COMPLETE_MARKER, json.dumps(marker, indent=2, sort_keys=True))
     log.info(
         "Synthetic HAM10000: %d images of %d lesions in %s (%d without mask, %d with a satellite)",
         n_images, n_lesions, out_dir, n_no_mask, n_satellite,
@@ -611,8 +612,8 @@ def ensure_synthetic_dataset(out_dir: str | Path, **params: Any) -> Path:
     _normalise_params(**params)
     _check_output_folder(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with layout.exclusive_lock(out_dir / layout.SYNTHESIZE_LOCK):
-        layout.remove_stale_temp_files(out_dir)
+    with files.exclusive_lock(out_dir / layout.SYNTHESIZE_LOCK):
+        files.remove_stale_temp_files(out_dir)
         if is_synthetic_dataset_current(out_dir, **params):
             log.info("Reusing synthetic HAM10000 in %s", out_dir)
             return out_dir
@@ -707,7 +708,7 @@ def _write_image(path: Path, array: np.ndarray, options: list[int]) -> None:
     ok, encoded = cv2.imencode(path.suffix, array, options)
     if not ok:  # pragma: no cover - encoders for .jpg/.png are always built into OpenCV
         raise OSError(f"OpenCV could not encode {path}.")
-    layout.atomic_write_bytes(path, encoded.tobytes())  # a full disk names the file
+    files.atomic_write_bytes(path, encoded.tobytes())  # a full disk names the file
 
 
 # What the project's own tools leave in a dataset folder that holds no generated data yet.
@@ -732,7 +733,7 @@ def _check_output_folder(out_dir: Path) -> None:
     foreign = sorted(
         entry.name
         for entry in out_dir.iterdir()
-        if entry.name not in _TOOL_FILES and not layout.is_temp_file_name(entry.name)
+        if entry.name not in _TOOL_FILES and not files.is_temp_file_name(entry.name)
     )
     if foreign:
         shown = ", ".join(foreign[:_SHOWN_NAMES]) + (", ..." if len(foreign) > _SHOWN_NAMES else "")

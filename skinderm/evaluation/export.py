@@ -578,8 +578,8 @@ def _usage_section(
     model_cfg: Mapping[str, Any], fields: Sequence[str], max_new_tokens: int, dtype: str
 ) -> list[str]:
     from skinderm.answers import format_answer
+    from skinderm.conversations import build_prompt
     from skinderm.data.classes import CLASS_NAMES, LOCATIONS
-    from skinderm.data.conversations import build_prompt
 
     prompt = build_prompt(fields)
     min_pixels, max_pixels = int(model_cfg["min_pixels"]), int(model_cfg["max_pixels"])
@@ -640,7 +640,7 @@ def _usage_section(
         f"multiples of 28 px within {min_pixels}..{max_pixels} pixels. Its size is "
         '`h, w = inputs["image_grid_thw"][0][1:] * 14`; scale boxes by the original width / w and '
         "height / h. "
-        "skinderm resizes images to that size itself (PIL bicubic, `skinderm.models.coordinates."
+        "skinderm resizes images to that size itself (PIL bicubic, `skinderm.coordinates."
         "model_input_size`) before the processor, so its scores match that path exactly; the processor's own "
         "resize gives the same size and nearly the same pixels.",
         "",

@@ -24,9 +24,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from skinderm.answers import ParsedAnswer, answer_to_dict, parse_answer
-from skinderm.data.conversations import ExampleBuilder, prompt_messages
+from skinderm.conversations import ExampleBuilder, prompt_messages
+from skinderm.coordinates import box_to_original_space, points_to_original_space
 from skinderm.geometry import box_iou
-from skinderm.models.coordinates import box_to_original_space, points_to_original_space
 
 
 class LazyImages(Sequence[Image.Image]):

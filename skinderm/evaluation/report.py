@@ -14,11 +14,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from skinderm.core.files import json_safe
 from skinderm.data.classes import CLASS_NAMES
 from skinderm.evaluation.bootstrap import bootstrap_metrics
 from skinderm.evaluation.calibration import compute_calibration, has_class_probs
 from skinderm.evaluation.metrics import compute_metrics, is_missing, record_iou
-from skinderm.training.run import json_safe
 
 log = logging.getLogger(__name__)
 

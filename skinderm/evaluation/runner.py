@@ -43,7 +43,7 @@ from skinderm.config import (
     check_ranges,
     check_schema,
 )
-from skinderm.data.conversations import ExampleBuilder
+from skinderm.conversations import ExampleBuilder
 from skinderm.evaluation.metrics import compute_metrics
 from skinderm.evaluation.report import write_predictions as _write_predictions
 
@@ -364,7 +364,7 @@ def load_evaluation_records(dataset_cfg: Mapping[str, Any], split: str) -> list[
     """Records of one split of the configured dataset (HAM10000, synthetic, or the ISIC 2018 test set)."""
     from skinderm.data.isic2018 import DATASET_NAME as ISIC2018_TEST
     from skinderm.data.isic2018 import read_isic2018_test
-    from skinderm.training.common import frame_to_records
+    from skinderm.data.prepare import frame_to_records
 
     if dataset_cfg.get("name") == ISIC2018_TEST:
         if split != "test":
@@ -439,6 +439,11 @@ def _effective_config(cfg: DictConfig, choice: ModelChoice, dataset: Mapping[str
 
 def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """The evaluate command: predictions.jsonl, metrics.json, plots (and W&B) in cfg.paths.output_dir."""
+    from skinderm.core.files import write_json_atomic
+    from skinderm.core.hardware import configure_torch
+    from skinderm.core.runs import RunFolder
+    from skinderm.core.tracking import tracking_run
+    from skinderm.data.splits import subsample
     from skinderm.evaluation.report import (
         METRICS_FILE,
         PLOTS_DIR,
@@ -446,9 +451,6 @@ def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
         build_metrics,
         write_plots,
     )
-    from skinderm.training.common import configure_torch, subsample
-    from skinderm.training.run import RunFolder, write_json_atomic
-    from skinderm.training.tracking import tracking_run
 
     out = RunFolder(Path(cfg.paths.output_dir))
     choice = choose_model(cfg, overrides)
@@ -528,8 +530,8 @@ def check_image(path: str | Path) -> tuple[int, int]:
     processor refuses fails in a second instead of after minutes of loading. The file checks are the
     data layer's (`read_image_size`), the same ones annotation makes.
     """
+    from skinderm.coordinates import check_aspect_ratio
     from skinderm.data.images import read_image_size
-    from skinderm.models.coordinates import check_aspect_ratio
 
     path = Path(path).expanduser()
     if not path.exists() and not path.is_symlink():  # a link loop "does not exist" but is a link
@@ -542,14 +544,13 @@ def check_image(path: str | Path) -> tuple[int, int]:
     return size
 
 
-
 def run_prediction(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """The predict command: the answer for one image in ORIGINAL pixels, and an overlay PNG."""
     from skinderm.answers import parse_answer
+    from skinderm.coordinates import model_input_size
     from skinderm.data.images import load_image
     from skinderm.evaluation.generation import answer_in_original_space, generate_answers
     from skinderm.evaluation.report import class_name, draw_overlay
-    from skinderm.models.coordinates import model_input_size
 
     image_path = Path(str(cfg.image)).expanduser().resolve()
     original_size = check_image(image_path)
@@ -563,7 +564,7 @@ def run_prediction(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
         raise ValueError(f"image={image_path} with {choice.description}: {error}") from None
     from transformers import set_seed
 
-    from skinderm.training.common import configure_torch
+    from skinderm.core.hardware import configure_torch
 
     configure_torch(cfg)
     set_seed(int(cfg.seed))

@@ -26,7 +26,7 @@ from transformers.image_utils import SizeDict
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 from transformers.processing_utils import ProcessorMixin
 
-from skinderm.models.coordinates import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, check_pixel_budget
+from skinderm.coordinates import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, check_pixel_budget
 
 # The class name a Qwen2.5-VL checkpoint records; AutoProcessor resolves it where torchvision exists.
 HUB_PROCESSOR_CLASS = "Qwen2_5_VLProcessor"

@@ -18,8 +18,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from skinderm.coordinates import DEFAULT_MIN_PIXELS
 from skinderm.data.classes import CLASS_CODES, CLASS_NAMES, CLASS_SYNONYMS, LOCATIONS
-from skinderm.models.coordinates import DEFAULT_MIN_PIXELS
 
 # Qwen2.5-VL's special tokens, in the released tokenizer's id order (151643, 151644, ...).
 ENDOFTEXT = "<|endoftext|>"

@@ -4,20 +4,18 @@ Transformers writes a checkpoint's files one after another (weights, optimizer, 
 `trainer_state.json` last. A run killed in the middle of a save leaves a folder without a valid
 `trainer_state.json`; a disk error or a copy cut short can leave truncated weights or optimizer state.
 Every candidate is verified (`checkpoint_problem`), so resume falls back to the newest intact checkpoint
-and names what was wrong with the newer ones. Finished runs are closed: `resume` never reopens them.
+and names what was wrong with the newer ones. Which run is resumed (never a finished one) is decided by
+`skinderm.core.runs.resume_target`.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import re
 import struct
 import zipfile
 from pathlib import Path
-
-from skinderm.training.run import CHECKPOINTS_DIR, FINISHED_MARKER
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +24,6 @@ _WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safete
 _STATE_FILES = ("optimizer.pt", "scheduler.pt")
 # torch.save archives besides the optimizer/scheduler: RNG state (one file, or one per rank).
 _OPTIONAL_ARCHIVES = ("rng_state.pth", "rng_state_*.pth", "scaler.pt")
-_NO_RESUME = (None, "", "null", "None")
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -150,82 +147,3 @@ def checkpoint_problems(checkpoints_dir: Path) -> list[str]:
         for folder in checkpoint_folders(checkpoints_dir)
         if (problem := checkpoint_problem(folder)) is not None
     ]
-
-
-def is_finished(run_dir: Path) -> bool:
-    """A run that wrote its FINISHED marker (after model/ and metrics.json) is closed for resume."""
-    return (Path(run_dir) / FINISHED_MARKER).is_file()
-
-
-def latest_unfinished_run(runs_root: Path) -> Path | None:
-    """The newest run under `runs_root` with checkpoints that never finished: what `resume=latest` means."""
-    root = Path(runs_root)
-    runs = (
-        [p for p in root.iterdir() if (p / CHECKPOINTS_DIR).is_dir() and not is_finished(p)]
-        if root.is_dir()
-        else []
-    )
-    return max(runs, key=lambda p: (p / CHECKPOINTS_DIR).stat().st_mtime, default=None)
-
-
-def resume_target(resume: str | None, runs_root: str) -> tuple[Path | None, str | None]:
-    """(run folder to continue, None) or (None, why it cannot be resumed) for the `resume` setting."""
-    if resume in _NO_RESUME:
-        return None, None
-    if resume == "latest":
-        found = latest_unfinished_run(Path(runs_root))
-        if found is None:
-            return None, (
-                f"resume=latest: no unfinished run with checkpoints under {runs_root} (finished runs are "
-                "closed); start a new run without resume"
-            )
-        return found, None
-    path = Path(str(resume)).expanduser().resolve()
-    if not path.is_dir():
-        return None, f"resume={resume}: no such run folder; pass a folder under {runs_root} or resume=latest"
-    if is_finished(path):
-        return None, (
-            f"resume={resume}: that run finished (it has {FINISHED_MARKER}) and is closed; start a new "
-            "run, or use stage=grpo stage.init_from=<it> to train on from its model"
-        )
-    return path, None
-
-
-def resolve_run_dir(resume: str | None, runs_root: str, stamp: str) -> str:
-    """Hydra's run folder: a new `<runs_root>/<stamp>`, or the unfinished run being resumed.
-
-    Registered as the `${run_dir:...}` resolver used by conf/hydra/default.yaml, so a resumed run writes into
-    its own folder again (same checkpoints, same W&B directory, appended train.log). It never raises (Hydra
-    would print a traceback) and never hands out a finished run's folder (Hydra would rewrite its .hydra/
-    files): when nothing can be resumed it returns a new folder, and the training code then stops with the
-    one-line reason from `resume_target` (`skinderm.training.pipeline.resume_checkpoint`).
-    """
-    target, _ = resume_target(resume, runs_root)
-    return str(target) if target is not None else claim_new_run_dir(runs_root, stamp)
-
-
-_CLAIMED_RUN_DIRS: dict[tuple[str, str], str] = {}
-
-
-def claim_new_run_dir(runs_root: str, stamp: str) -> str:
-    """`<runs_root>/<stamp>`, created now, or `<stamp>_2`, `_3`, ... when another run already has it.
-
-    Runs started in the same second (`for s in 1 2 3; do python -m skinderm.train seed=$s & done`) would
-    otherwise share one folder and overwrite each other's model and metrics. The folder is claimed with an
-    exclusive mkdir, so two processes never get the same one; within a process the answer is remembered
-    (Hydra may resolve the run folder more than once). Ranks of one multi-process run do not call this:
-    they share the folder pinned by SKINDERM_RUN_DIR (scripts/launch.sh).
-    """
-    key = (str(runs_root), str(stamp))
-    if key not in _CLAIMED_RUN_DIRS:
-        root = Path(runs_root)
-        root.mkdir(parents=True, exist_ok=True)
-        for attempt in itertools.count(1):
-            candidate = root / (stamp if attempt == 1 else f"{stamp}_{attempt}")
-            try:
-                candidate.mkdir()
-            except FileExistsError:
-                continue
-            _CLAIMED_RUN_DIRS[key] = str(candidate)
-            break
-    return _CLAIMED_RUN_DIRS[key]

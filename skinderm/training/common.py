@@ -7,34 +7,16 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from skinderm.data.conversations import ExampleBuilder
-from skinderm.data.prepare import prepare_dataset
-from skinderm.training.run import RunFolder, to_plain
-from skinderm.training.tracking import report_to
+from skinderm.conversations import ExampleBuilder
+from skinderm.core.files import to_plain
+from skinderm.core.runs import RunFolder
+from skinderm.core.tracking import report_to
+from skinderm.data.prepare import frame_to_records, prepare_dataset
 
 log = logging.getLogger(__name__)
-
-
-def configure_torch(cfg: DictConfig) -> None:
-    """Threads and TF32 from the hardware group (on small CPUs fewer threads is often faster)."""
-    threads = cfg.hardware.torch_threads
-    if threads:
-        torch.set_num_threads(int(threads))
-    if cfg.hardware.tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def frame_to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """DataFrame rows as dicts with missing values as None (pandas gives NaN, which JSON and TRL dislike)."""
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    return records
 
 
 def load_split_records(cfg: DictConfig) -> dict[str, list[dict[str, Any]]]:
@@ -63,14 +45,6 @@ def build_examples(
 ) -> list[dict[str, Any]]:
     """Decode each image once (at model size) and build its example, with a progress bar."""
     return [make(record) for record in tqdm(records, desc=desc, unit="img", mininterval=2.0)]
-
-
-def subsample(records: list[dict[str, Any]], limit: int | None, seed: int) -> list[dict[str, Any]]:
-    """A seeded, order-stable subset (for eval sets that must stay cheap)."""
-    if not limit or len(records) <= limit:
-        return records
-    keep = np.sort(np.random.default_rng(seed).choice(len(records), size=int(limit), replace=False))
-    return [records[index] for index in keep]
 
 
 def precision_flags(cfg: DictConfig) -> dict[str, bool]:

@@ -14,11 +14,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from skinderm.data.conversations import ExampleBuilder
+from skinderm.conversations import ExampleBuilder
+from skinderm.core.files import write_json_atomic
+from skinderm.core.runs import RunFolder, is_main_process
+from skinderm.data.splits import subsample
 from skinderm.evaluation.metrics import compute_metrics
 from skinderm.evaluation.runner import answer_records, headline, write_predictions
-from skinderm.training.common import subsample
-from skinderm.training.run import RunFolder, is_main_process, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,10 @@ from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig, GRPOTrainer
 
-from skinderm.data.conversations import ExampleBuilder
+from skinderm.conversations import ExampleBuilder
+from skinderm.core.files import to_plain, write_json_atomic
+from skinderm.core.runs import RESOLVED_CONFIG_FILE, RunFolder, find_latest_run
+from skinderm.data.splits import subsample
 from skinderm.evaluation.metrics import compute_metrics
 from skinderm.evaluation.runner import headline, write_predictions
 from skinderm.models.checkpoints import is_adapter_folder, load_run_model
@@ -24,19 +27,11 @@ from skinderm.training.common import (
     lora_config,
     model_loading_arguments,
     save_policy,
-    subsample,
     summarise_log_history,
     trainer_arguments,
 )
 from skinderm.training.evaluate_after import answer_on_all_ranks
 from skinderm.training.resume import ResumableTrainerMixin
-from skinderm.training.run import (
-    RESOLVED_CONFIG_FILE,
-    RunFolder,
-    find_latest_run,
-    to_plain,
-    write_json_atomic,
-)
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from skinderm.training.run import RESOLVED_CONFIG_FILE, RunFolder
+from skinderm.core.runs import RESOLVED_CONFIG_FILE, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ def run_training(cfg: DictConfig, *, callbacks: Sequence[Any] = ()) -> dict[str,
     """
     from transformers import set_seed
 
-    from skinderm.training.common import configure_torch
-    from skinderm.training.tracking import tracking_run
+    from skinderm.core.hardware import configure_torch
+    from skinderm.core.tracking import tracking_run
 
     run = RunFolder(Path(cfg.paths.output_dir))
     checkpoint = resume_checkpoint(cfg, run)
@@ -82,7 +82,8 @@ def resume_checkpoint(cfg: DictConfig, run: RunFolder) -> Path | None:
     """
     if cfg.get("resume") in (None, "", "null", "None"):
         return None
-    from skinderm.training.checkpoints import checkpoint_problems, last_complete_checkpoint, resume_target
+    from skinderm.core.runs import resume_target
+    from skinderm.training.checkpoints import checkpoint_problems, last_complete_checkpoint
 
     target, reason = resume_target(cfg.resume, str(Path(cfg.paths.log_dir) / cfg.task_name / "runs"))
     if reason:

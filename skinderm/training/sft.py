@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,6 +11,9 @@ from datasets import Dataset
 from omegaconf import DictConfig
 from trl import SFTConfig, SFTTrainer
 
+from skinderm.core.files import to_plain
+from skinderm.core.runs import RunFolder
+from skinderm.data.splits import subsample
 from skinderm.models.loading import freeze_vision_tower, load_model_and_processor
 from skinderm.training.common import (
     build_examples,
@@ -20,46 +22,16 @@ from skinderm.training.common import (
     lora_config,
     model_loading_arguments,
     save_policy,
-    subsample,
     summarise_log_history,
     trainer_arguments,
 )
 from skinderm.training.evaluate_after import evaluate_on_split
 from skinderm.training.optim import build_optimizer
 from skinderm.training.resume import ResumableTrainerMixin
-from skinderm.training.run import RunFolder, to_plain
+from skinderm.training.sampling import EpochSeededWeightedSampler, class_balanced_weights
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
 
 log = logging.getLogger(__name__)
-
-
-def class_balanced_weights(labels: Sequence[str]) -> torch.Tensor:
-    """Per-example sampling weights that make every class equally likely to be drawn."""
-    counts = Counter(labels)
-    return torch.tensor([1.0 / counts[label] for label in labels], dtype=torch.double)
-
-
-class EpochSeededWeightedSampler(torch.utils.data.Sampler[int]):
-    """Weighted draws (with replacement) whose order depends only on (seed, epoch).
-
-    The Trainer calls `set_epoch` before each epoch, also after a resume, so a run resumed in epoch 3 sees
-    exactly the batches an uninterrupted run sees there (a sampler with one long-lived generator would
-    replay epoch 1's order instead).
-    """
-
-    def __init__(self, weights: torch.Tensor, *, seed: int) -> None:
-        self.weights, self.seed, self.epoch = weights, int(seed), 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.weights)
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        draws = torch.multinomial(self.weights, len(self.weights), replacement=True, generator=generator)
-        return iter(draws.tolist())
 
 
 class ModuleLRSFTTrainer(ResumableTrainerMixin, SFTTrainer):

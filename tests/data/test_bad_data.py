@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageFile
 
+from skinderm.core import files
 from skinderm.data import layout
 from skinderm.data.annotation import ATTRS_KEYS, format_data_summary
 from skinderm.data.errors import SKIP_REASONS, DataError, DataFileNotFoundError
@@ -678,12 +679,12 @@ def test_full_disk_during_annotation_names_the_file(
         path.write_bytes(data[: len(data) // 2])  # what a full disk leaves: part of the temporary file
         raise OSError(errno.ENOSPC, "No space left on device")  # write() names no file
 
-    monkeypatch.setattr(layout, "_write_new_file", full_disk)
+    monkeypatch.setattr(files, "_write_new_file", full_disk)
     with pytest.raises(OSError) as error:
         _prepare(root)
     assert error.value.errno == errno.ENOSPC
     assert error.value.filename == str(root / layout.ANNOTATIONS_SUMMARY_JSON)
-    assert not [p for p in root.iterdir() if layout.is_temp_file_name(p.name)]  # nothing half-written left
+    assert not [p for p in root.iterdir() if files.is_temp_file_name(p.name)]  # nothing half-written left
 
 
 def test_stale_temporary_files_are_removed_and_reported(

@@ -159,10 +159,10 @@ def test_annotate_names_both_copies_of_an_image_in_two_part_folders(
 
 FULL_DISK = f"""
 import errno
-from skinderm.data import layout
+from skinderm.core import files
 def _full(path, data):
     raise OSError(errno.ENOSPC, "No space left on device")
-layout._write_new_file = _full
+files._write_new_file = _full
 assert errno.ENOSPC == {errno.ENOSPC}
 """
 

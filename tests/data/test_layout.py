@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from skinderm.core import files
 from skinderm.data import layout
 
 HEADER = ["lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset"]
@@ -69,6 +70,6 @@ def test_file_names_follow_ham10000() -> None:
 
 
 def test_atomic_write_leaves_no_temporary_file(tmp_path: Path) -> None:
-    layout.atomic_write_text(tmp_path / "sub" / "out.json", "[]\n")
+    files.atomic_write_text(tmp_path / "sub" / "out.json", "[]\n")
     assert (tmp_path / "sub" / "out.json").read_text() == "[]\n"
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["out.json"]

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from skinderm.answers import parse_answer
-from skinderm.data.conversations import ExampleBuilder
+from skinderm.conversations import ExampleBuilder
+from skinderm.coordinates import box_to_model_space, model_input_size
 from skinderm.evaluation.generation import (
     LazyImages,
     answer_in_original_space,
@@ -25,7 +26,6 @@ from skinderm.evaluation.generation import (
     prompt_text,
 )
 from skinderm.evaluation.metrics import compute_metrics
-from skinderm.models.coordinates import box_to_model_space, model_input_size
 from skinderm.rewards import bbox_iou_reward, diagnosis_reward
 from tests.answer_holes import HOLE_COMPLETION_EXAMPLES, HOLE_COMPLETIONS, true_answers
 

@@ -15,7 +15,7 @@ from PIL import Image
 from transformers import Qwen2_5_VLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from skinderm.models.coordinates import model_input_size
+from skinderm.coordinates import model_input_size
 from skinderm.models.processor import (
     ImageOnlyQwen2_5_VLProcessor,
     load_processor,

@@ -21,12 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from skinderm.training.checkpoints import (
-    checkpoint_problem,
-    last_complete_checkpoint,
-    resolve_run_dir,
-    resume_target,
-)
+from skinderm.core.runs import resolve_run_dir, resume_target
+from skinderm.training.checkpoints import checkpoint_problem, last_complete_checkpoint
 from tests.conftest import SMALL_DATASET
 
 pytestmark = pytest.mark.slow
@@ -311,7 +307,7 @@ def test_resume_targets_only_unfinished_runs(tmp_path: Path) -> None:
 def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path: Path) -> None:
     """Three processes claim one time stamp at once: three folders. One process asking again: the same."""
     claim = (
-        "import sys; from skinderm.training.checkpoints import claim_new_run_dir as c; "
+        "import sys; from skinderm.core.runs import claim_new_run_dir as c; "
         "first = c(sys.argv[1], '2026-11-28_01-02-03'); "
         "assert c(sys.argv[1], '2026-11-28_01-02-03') == first; print(first)"
     )

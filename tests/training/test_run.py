@@ -8,7 +8,8 @@ import os
 import time
 from pathlib import Path
 
-from skinderm.training.run import RunFolder, find_latest_run, to_plain, write_json_atomic
+from skinderm.core.files import to_plain, write_json_atomic
+from skinderm.core.runs import RunFolder, find_latest_run
 
 
 def test_metrics_json_writes_nan_as_null(tmp_path: Path) -> None:
@@ -20,8 +21,11 @@ def test_metrics_json_writes_nan_as_null(tmp_path: Path) -> None:
 def test_latest_run_is_the_newest_finished_one(tmp_path: Path) -> None:
     older, newer, unfinished = (tmp_path / "sft" / "runs" / name for name in ("a", "b", "c"))
     for folder in (older, newer):
-        RunFolder(folder).path.mkdir(parents=True)
+        RunFolder(folder).model_dir.mkdir(parents=True)
         RunFolder(folder).mark_finished()
+    modelless = tmp_path / "sft" / "runs" / "d"  # finished, but its model is gone: nothing to start from
+    modelless.mkdir(parents=True)
+    RunFolder(modelless).mark_finished()
     unfinished.mkdir(parents=True)
     os.utime(older / "FINISHED", (time.time() - 100, time.time() - 100))
     assert find_latest_run(tmp_path, "sft") == newer

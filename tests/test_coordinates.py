@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
 
-from skinderm.models.coordinates import (
+from skinderm.coordinates import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_MIN_PIXELS,
     MAX_ASPECT_RATIO,
@@ -173,17 +173,14 @@ def test_bad_boxes_and_sizes_raise_clear_errors():
 
 
 def test_coordinates_module_does_not_import_torch():
-    program = (
-        "import sys, skinderm.models.coordinates\n"
-        "print('torch' in sys.modules, 'transformers' in sys.modules)"
-    )
+    program = "import sys, skinderm.coordinates\nprint('torch' in sys.modules, 'transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
 
 
 # --- the pre-resized image is a fixed point of the processor's resize ---------------------------------
 
-CONF_MODELS = Path(__file__).resolve().parents[2] / "conf" / "model"
+CONF_MODELS = Path(__file__).resolve().parents[1] / "conf" / "model"
 SHIPPED_BUDGETS = sorted(
     {
         (int(cfg.min_pixels), int(cfg.max_pixels))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from skinderm.answers import parse_answer
-from skinderm.data.conversations import ExampleBuilder, build_prompt, mask_polygon
+from skinderm.conversations import ExampleBuilder, build_prompt, mask_polygon
 from skinderm.data.prepare import prepare_dataset
 from skinderm.rewards import bbox_iou_reward, diagnosis_reward, mask_iou_reward, spatial_reward
 

@@ -17,9 +17,9 @@ import numpy as np
 from PIL import Image
 
 from skinderm.answers import format_answer
+from skinderm.coordinates import box_to_model_space, model_input_size, points_to_model_space
 from skinderm.data.classes import CLASS_CODES, LOCATIONS
 from skinderm.data.images import load_image, load_mask
-from skinderm.models.coordinates import box_to_model_space, model_input_size, points_to_model_space
 
 _FIELD_INSTRUCTIONS = {
     "diagnosis": f'"diagnosis": one of {", ".join(CLASS_CODES)}',
