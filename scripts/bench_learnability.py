@@ -46,7 +46,7 @@ def compose_config(overrides: list[str], run_dir: Path | None) -> Any:
 def score(model_dir: Path, cfg: Any, records: list[dict[str, Any]], desc: str) -> dict[str, Any]:
     """Greedy answers of the model in `model_dir` on `records`, scored (full metrics)."""
     from skinderm.core.files import to_plain
-    from skinderm.evaluation.runner import evaluate_records
+    from skinderm.evaluation.answering import evaluate_records
     from skinderm.models.loading import load_model_and_processor
     from skinderm.training.common import example_builder
 

@@ -638,3 +638,105 @@ def _check_hardware_switches(cfg: DictConfig) -> None:
                 "hardware.vllm=server needs hardware.vllm_server_base_url=http://<host>:8000, the address of "
                 "a running `trl vllm-serve --model <Stage 1 model folder>`"
             )
+
+
+# --- evaluate and predict (conf/evaluate.yaml, conf/predict.yaml) ----------------------------------------
+# The splits `skinderm.evaluate split=` can score.
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass
+class BootstrapSchema:
+    n_resamples: int = MISSING
+    seed: int = MISSING
+
+
+@dataclass
+class EvaluateSchema:
+    task_name: str = MISSING
+    seed: int = MISSING
+    run: str | None = None
+    split: str = MISSING
+    batch_size: int = MISSING
+    max_new_tokens: int = MISSING
+    max_samples: int | None = None
+    score_classes: bool = MISSING
+    bootstrap: BootstrapSchema = field(default_factory=BootstrapSchema)
+    plots: bool = MISSING
+    answer: AnswerSchema = field(default_factory=AnswerSchema)
+    dataset: DatasetSchema = field(default_factory=DatasetSchema)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    hardware: HardwareSchema = field(default_factory=HardwareSchema)
+    logger: Any = None
+    paths: Any = None
+    hydra: Any = None
+
+
+@dataclass
+class PredictSchema:
+    task_name: str = MISSING
+    seed: int = MISSING
+    run: str | None = None
+    image: str | None = None
+    out: str | None = None
+    max_new_tokens: int = MISSING
+    score_classes: bool = MISSING
+    answer: AnswerSchema = field(default_factory=AnswerSchema)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    hardware: HardwareSchema = field(default_factory=HardwareSchema)
+    paths: Any = None
+    hydra: Any = None
+
+
+def _shared_ranges(*prefixes: str) -> dict[str, Range]:
+    """The training table's rules for the groups an entrypoint shares with conf/train.yaml."""
+    return {key: rule for key, rule in TRAIN_RANGES.items() if key.split(".")[0] in prefixes}
+
+
+# Value rules of conf/evaluate.yaml and conf/predict.yaml (types come from the schemas above).
+EVALUATE_RANGES: dict[str, Range] = {
+    "seed": SEED,
+    "batch_size": COUNT,
+    "max_new_tokens": COUNT,
+    "max_samples": OPTIONAL_COUNT,
+    "bootstrap.n_resamples": NON_NEGATIVE_INT,
+    "bootstrap.seed": SEED,
+    **_shared_ranges("dataset", "model", "hardware", "logger", "answer"),
+}
+PREDICT_RANGES: dict[str, Range] = {
+    "seed": SEED,
+    "max_new_tokens": COUNT,
+    **_shared_ranges("model", "hardware", "answer"),
+}
+
+
+def validate_evaluate_config(cfg: DictConfig) -> None:
+    """Schema and value checks of a composed conf/evaluate.yaml; raises ConfigError (one line)."""
+    check_schema(cfg, EvaluateSchema, "", where_to_fix="on the command line or in conf/evaluate.yaml")
+    if cfg.logger.name not in LOGGER_SCHEMAS:
+        raise ConfigError(
+            f"config key 'logger.name' = {cfg.logger.name!r}: expected one of {list(LOGGER_SCHEMAS)}"
+        )
+    check_schema(cfg.logger, LOGGER_SCHEMAS[cfg.logger.name], "logger")
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"config key 'split' = {cfg.split!r}: expected one of {list(SPLITS)}")
+    from skinderm.data.isic2018 import DATASET_NAME as ISIC2018_TEST
+
+    rules = EVALUATE_RANGES
+    if cfg.dataset.name == ISIC2018_TEST:  # one test set, no split fractions (its test_fraction is 1)
+        rules = {key: rule for key, rule in rules.items() if not key.startswith("dataset.splits.")}
+    check_ranges(cfg, rules, top_level_file="conf/evaluate.yaml")
+    check_answer_fields(cfg.answer.fields)
+    check_model_budget(cfg.model)
+
+
+def validate_predict_config(cfg: DictConfig) -> None:
+    """Schema and value checks of a composed conf/predict.yaml; raises ConfigError (one line)."""
+    check_schema(cfg, PredictSchema, "", where_to_fix="on the command line or in conf/predict.yaml")
+    check_ranges(cfg, PREDICT_RANGES, top_level_file="conf/predict.yaml")
+    check_answer_fields(cfg.answer.fields)
+    check_model_budget(cfg.model)
+    if not cfg.image:
+        raise ConfigError(
+            "config key 'image' is required: python -m skinderm.predict image=/path/to/lesion.jpg"
+        )

@@ -134,12 +134,10 @@ class ExampleBuilder:
             "images": [self.image(record)],
         }
 
-    def grpo_example(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Prompt + image + ground-truth columns; TRL hands the extra columns to reward functions."""
+    def reward_columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """The ground-truth columns reward functions receive (TRL passes dataset columns as kwargs)."""
         target = self.targets(record)
         return {
-            "prompt": prompt_messages(self.prompt),
-            "images": [self.image(record)],
             "image_id": record["image_id"],
             "dx": target["dx"],
             "location": target["location"],
@@ -147,4 +145,12 @@ class ExampleBuilder:
             "mask_path": record.get("mask_path_abs") or None,
             "model_width": target["model_width"],
             "model_height": target["model_height"],
+        }
+
+    def grpo_example(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Prompt + image + ground-truth columns; TRL hands the extra columns to reward functions."""
+        return {
+            "prompt": prompt_messages(self.prompt),
+            "images": [self.image(record)],
+            **self.reward_columns(record),
         }

@@ -21,8 +21,9 @@ from skinderm.progress import configure_progress_bars
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="evaluate")
 def main(cfg: DictConfig) -> float | None:
     configure_progress_bars()
+    from skinderm.config import validate_evaluate_config
+    from skinderm.evaluation.commands import run_evaluation
     from skinderm.evaluation.report import format_table
-    from skinderm.evaluation.runner import run_evaluation, validate_evaluate_config
 
     with user_errors_as_messages(cfg):
         validate_evaluate_config(cfg)

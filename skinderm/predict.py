@@ -22,7 +22,8 @@ from skinderm.progress import configure_progress_bars
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     configure_progress_bars()
-    from skinderm.evaluation.runner import check_image, run_prediction, validate_predict_config
+    from skinderm.config import validate_predict_config
+    from skinderm.evaluation.commands import check_image, run_prediction
 
     with user_errors_as_messages(cfg):
         validate_predict_config(cfg)

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 WORLD_SIZE = 2
 SFT_STEPS, SFT_BATCH = 3, 4
 GRPO_STEPS, GRPO_BATCH, GRPO_GENERATIONS = 2, 4, 2
-EVAL_SAMPLES = 5  # odd: rank 1 answers a padded share (2 images + 1 repeat), see evaluate_after.rank_share
+EVAL_SAMPLES = 5  # odd: rank 1 answers a padded share (2 images + 1 repeat), see val_check.rank_share
 COMMON = (
     *SMALL_DATASET,
     "hardware=cpu",

@@ -17,15 +17,10 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score
 
-from skinderm.config import ConfigError
+from skinderm.config import ConfigError, validate_evaluate_config
 from skinderm.data.classes import CLASS_CODES, LOCATIONS
-from skinderm.evaluation.runner import (
-    choose_dataset,
-    choose_model,
-    load_evaluation_records,
-    run_evaluation,
-    validate_evaluate_config,
-)
+from skinderm.evaluation.choice import choose_dataset, choose_model, load_evaluation_records
+from skinderm.evaluation.commands import run_evaluation
 from tests.conftest import SMALL_DATASET, compose_config
 from tests.data.test_isic2018 import write_isic2018_test
 
@@ -64,7 +59,7 @@ def compose_evaluate(compose_train) -> Iterator:
 
 def fake_generation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Replace the model's answers by a fixed, varied sequence: every class and location, some unparsable."""
-    import skinderm.evaluation.generation as generation
+    import skinderm.evaluation.answering as generation
 
     def answers(model: Any, processor: Any, images: Sequence, prompt: str, **_: Any) -> list[str]:
         out = []

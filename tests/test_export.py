@@ -104,8 +104,8 @@ def reference_answers(run_dir: Path, image_dir: Path) -> tuple[list[str], list[P
     from omegaconf import OmegaConf
 
     from skinderm.conversations import ExampleBuilder
+    from skinderm.evaluation.choice import load_evaluation_records
     from skinderm.evaluation.generation import generate_answers
-    from skinderm.evaluation.runner import load_evaluation_records
     from skinderm.models.checkpoints import load_run_config, load_run_model
 
     cfg = load_run_config(run_dir)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from skinderm.config import validate_predict_config
 from skinderm.coordinates import model_input_size
 from skinderm.data.classes import CLASS_NAMES
-from skinderm.evaluation.runner import run_prediction, validate_predict_config
+from skinderm.evaluation.commands import run_prediction
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -10,6 +10,10 @@ accuracy) are `GroupedStatistic`s. Each reduces a split to per-group sufficient 
 (e.g. true positives and support per class per lesion); a resample is then a vector of group
 weights (how often each lesion was drawn), and all resamples are one matrix product. Any other
 callable `statistic(records) -> float` works too, through a slower loop over resamples.
+
+Pairing: `paired_bootstrap` compares two evaluations of the same images. Each resample draws lesions
+once and computes both runs' statistics on it, so what the two runs share (easy and hard lesions)
+cancels in the difference B - A; two separate intervals would count that shared variation twice.
 """
 
 from __future__ import annotations
@@ -160,11 +164,42 @@ class SpatialAccuracyStatistic(GroupedStatistic):
         return _ratio(sums["correct"], sums["n"])
 
 
+class MaskMeanIoUStatistic(GroupedStatistic):
+    """Mean mask IoU (the answer's outline, else its box, against the lesion mask) over images with a mask."""
+
+    name = "mask_mean_iou"
+
+    def record_sums(self, records: Records) -> dict[str, np.ndarray]:
+        has_mask = np.array([not is_missing(r.get("mask_iou")) for r in records], dtype=float)
+        iou = np.array(
+            [float(r["mask_iou"]) if has else 0.0 for r, has in zip(records, has_mask, strict=True)]
+        )
+        return {"iou": iou, "n": has_mask}
+
+    def from_sums(self, sums: Mapping[str, np.ndarray]) -> np.ndarray:
+        return _ratio(sums["iou"], sums["n"])
+
+
+class ParseRateStatistic(GroupedStatistic):
+    """Share of images whose answer parsed (`parse_ok`)."""
+
+    name = "parse_rate"
+
+    def record_sums(self, records: Records) -> dict[str, np.ndarray]:
+        parsed = np.array([bool(r.get("parse_ok")) for r in records], dtype=float)
+        return {"parsed": parsed, "n": np.ones(len(records))}
+
+    def from_sums(self, sums: Mapping[str, np.ndarray]) -> np.ndarray:
+        return _ratio(sums["parsed"], sums["n"])
+
+
 ACCURACY = AccuracyStatistic()
 BALANCED_ACCURACY = BalancedAccuracyStatistic()
 MACRO_F1 = MacroF1Statistic()
 BBOX_MEAN_IOU = BoxMeanIoUStatistic()
 SPATIAL_ACCURACY = SpatialAccuracyStatistic()
+MASK_MEAN_IOU = MaskMeanIoUStatistic()
+PARSE_RATE = ParseRateStatistic()
 
 
 def group_index(records: Records, group_key: str) -> tuple[np.ndarray, int]:
@@ -193,9 +228,13 @@ def _resample_blocks(n_groups: int, n_resamples: int, seed: int) -> Iterator[tup
         yield drawn, weights
 
 
-def _check_arguments(n_resamples: int, confidence: float) -> None:
+def _check_n_resamples(n_resamples: int) -> None:
     if not isinstance(n_resamples, int | np.integer) or n_resamples < 1:
         raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+
+
+def _check_arguments(n_resamples: int, confidence: float) -> None:
+    _check_n_resamples(n_resamples)
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
 
@@ -218,6 +257,85 @@ def _interval(estimate: float, values: np.ndarray, confidence: float, n_resample
     }
 
 
+def _group_sums(records: Records, statistic: GroupedStatistic, groups: np.ndarray, n_groups: int) -> dict:
+    """Per-group sufficient statistics of `statistic`: {name: array (n_groups, ...)}."""
+    sums = {}
+    for key, values in statistic.record_sums(records).items():
+        summed = np.zeros((n_groups, *values.shape[1:]))
+        np.add.at(summed, groups, values)
+        sums[key] = summed
+    return sums
+
+
+def _replicates(
+    record_sets: Sequence[list[Mapping[str, Any]]],
+    statistics: Mapping[str, Statistic],
+    groups: np.ndarray,
+    n_groups: int,
+    *,
+    n_resamples: int,
+    seed: int,
+) -> list[dict[str, np.ndarray]]:
+    """Each statistic of each record set on the same resamples: [{name: values (n_resamples,)}] per set.
+
+    All sets share one group index (record i of every set belongs to group groups[i]), so one drawn
+    resample of lesions selects the same images from every set: what pairing needs.
+    """
+    members = [np.flatnonzero(groups == g) for g in range(n_groups)]
+    fast = {name: s for name, s in statistics.items() if isinstance(s, GroupedStatistic)}
+    slow = {name: s for name, s in statistics.items() if not isinstance(s, GroupedStatistic)}
+    group_sums = [
+        {name: _group_sums(records, statistic, groups, n_groups) for name, statistic in fast.items()}
+        for records in record_sets
+    ]
+
+    values: list[dict[str, list[np.ndarray]]] = [{name: [] for name in statistics} for _ in record_sets]
+    progress = tqdm(total=n_resamples, desc="bootstrap", disable=None if slow else True, leave=False)
+    for drawn, weights in _resample_blocks(n_groups, n_resamples, seed):
+        for set_values, set_sums in zip(values, group_sums, strict=True):
+            for name, statistic in fast.items():
+                sums = {key: weights @ summed for key, summed in set_sums[name].items()}
+                set_values[name].append(np.asarray(statistic.from_sums(sums), dtype=float))
+        if slow:
+            blocks = [{name: np.empty(len(drawn)) for name in slow} for _ in record_sets]
+            for row, group_ids in enumerate(drawn):
+                rows = [i for g in group_ids for i in members[g]]
+                for records, block in zip(record_sets, blocks, strict=True):
+                    resample = [records[i] for i in rows]
+                    for name, statistic in slow.items():
+                        result = statistic(resample)
+                        block[name][row] = np.nan if result is None else float(result)
+                progress.update(1)
+            for set_values, block in zip(values, blocks, strict=True):
+                for name in slow:
+                    set_values[name].append(block[name])
+    progress.close()
+    return [{name: np.concatenate(parts) for name, parts in set_values.items()} for set_values in values]
+
+
+def _estimate(statistic: Statistic, records: Records) -> float:
+    """The statistic on the whole sample; NaN where it is undefined."""
+    value = statistic(list(records))
+    return np.nan if value is None else float(value)
+
+
+def bootstrap_replicates(
+    records: Records,
+    statistics: Mapping[str, Statistic],
+    *,
+    group_key: str = "lesion_id",
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """The raw resampled values {name: array (n_resamples,)} (NaN = undefined) behind `bootstrap_many`."""
+    _check_n_resamples(n_resamples)
+    records = list(records)
+    if not records:
+        raise ValueError("no prediction records to bootstrap")
+    groups, n_groups = group_index(records, group_key)
+    return _replicates([records], statistics, groups, n_groups, n_resamples=n_resamples, seed=seed)[0]
+
+
 def bootstrap_many(
     records: Records,
     statistics: Mapping[str, Statistic],
@@ -233,48 +351,70 @@ def bootstrap_many(
     if not records:
         raise ValueError("no prediction records to bootstrap")
     groups, n_groups = group_index(records, group_key)
-    members = [np.flatnonzero(groups == g) for g in range(n_groups)]
-
-    fast = {name: s for name, s in statistics.items() if isinstance(s, GroupedStatistic)}
-    slow = {name: s for name, s in statistics.items() if not isinstance(s, GroupedStatistic)}
-    group_sums = {}
-    for name, statistic in fast.items():
-        per_record = statistic.record_sums(records)
-        group_sums[name] = {}
-        for key, values in per_record.items():
-            summed = np.zeros((n_groups, *values.shape[1:]))
-            np.add.at(summed, groups, values)
-            group_sums[name][key] = summed
-
-    values: dict[str, list[np.ndarray]] = {name: [] for name in statistics}
-    progress = tqdm(total=n_resamples, desc="bootstrap", disable=None if slow else True, leave=False)
-    for drawn, weights in _resample_blocks(n_groups, n_resamples, seed):
-        for name, statistic in fast.items():
-            sums = {key: weights @ summed for key, summed in group_sums[name].items()}
-            values[name].append(np.asarray(statistic.from_sums(sums), dtype=float))
-        if slow:
-            block = {name: np.empty(len(drawn)) for name in slow}
-            for row, group_ids in enumerate(drawn):
-                resample = [records[i] for g in group_ids for i in members[g]]
-                for name, statistic in slow.items():
-                    result = statistic(resample)
-                    block[name][row] = np.nan if result is None else float(result)
-                progress.update(1)
-            for name in slow:
-                values[name].append(block[name])
-    progress.close()
+    values = _replicates([records], statistics, groups, n_groups, n_resamples=n_resamples, seed=seed)[0]
 
     intervals = {}
     for name, statistic in statistics.items():
-        estimate = statistic(records)
-        intervals[name] = _interval(
-            np.nan if estimate is None else float(estimate),
-            np.concatenate(values[name]),
-            confidence,
-            n_resamples,
-        )
+        intervals[name] = _interval(_estimate(statistic, records), values[name], confidence, n_resamples)
         intervals[name]["group_key"] = group_key
         intervals[name]["n_groups"] = n_groups
+    return intervals
+
+
+def check_paired(records_a: Records, records_b: Records, group_key: str = "lesion_id") -> None:
+    """ValueError unless record i of both lists is the same image of the same group, for every i."""
+    if len(records_a) != len(records_b):
+        raise ValueError(
+            f"paired bootstrap needs the same images in both runs: {len(records_a)} records in A, "
+            f"{len(records_b)} in B"
+        )
+    for i, (a, b) in enumerate(zip(records_a, records_b, strict=True)):
+        if a.get("image_id") != b.get("image_id") or a.get(group_key) != b.get(group_key):
+            raise ValueError(
+                f"paired bootstrap needs the records in the same image order: record {i} is "
+                f"image_id={a.get('image_id')!r} ({group_key}={a.get(group_key)!r}) in A but "
+                f"image_id={b.get('image_id')!r} ({group_key}={b.get(group_key)!r}) in B"
+            )
+
+
+def paired_bootstrap(
+    records_a: Records,
+    records_b: Records,
+    statistics: Mapping[str, Statistic],
+    *,
+    group_key: str = "lesion_id",
+    n_resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Percentile interval of each statistic's difference B - A, both runs computed on the same resamples.
+
+    `records_a[i]` and `records_b[i]` must be the same image (`check_paired`). Returns {name: {"estimate"
+    (B - A on all images), "low", "high", "n_resamples", "n_undefined", "confidence", "group_key",
+    "n_groups", "a": interval of A, "b": interval of B}}; the per-run intervals come from the same
+    resamples. A resample on which either run's statistic is undefined counts in n_undefined.
+    A run compared with itself gets exactly [0, 0].
+    """
+    _check_arguments(n_resamples, confidence)
+    records_a, records_b = list(records_a), list(records_b)
+    if not records_a:
+        raise ValueError("no prediction records to bootstrap")
+    check_paired(records_a, records_b, group_key)
+    groups, n_groups = group_index(records_a, group_key)
+    values_a, values_b = _replicates(
+        [records_a, records_b], statistics, groups, n_groups, n_resamples=n_resamples, seed=seed
+    )
+    intervals = {}
+    for name, statistic in statistics.items():
+        estimate_a, estimate_b = _estimate(statistic, records_a), _estimate(statistic, records_b)
+        interval = _interval(
+            estimate_b - estimate_a, values_b[name] - values_a[name], confidence, n_resamples
+        )
+        interval["group_key"] = group_key
+        interval["n_groups"] = n_groups
+        interval["a"] = _interval(estimate_a, values_a[name], confidence, n_resamples)
+        interval["b"] = _interval(estimate_b, values_b[name], confidence, n_resamples)
+        intervals[name] = interval
     return intervals
 
 

@@ -268,3 +268,16 @@ def compute_metrics(records: Sequence[Mapping[str, Any]], *, labels: Sequence[st
         "spatial_n": len(spatial),
         "subgroups": subgroups,
     }
+
+
+# The headline numbers, printed and put at the top of metrics files.
+HEADLINE_KEYS = ("n", "parse_rate", "accuracy", "balanced_accuracy", "spatial_accuracy")
+
+
+def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The few numbers a reader wants first (plus mean box IoU when boxes were scored)."""
+    summary = {key: metrics.get(key) for key in HEADLINE_KEYS}
+    bbox = metrics.get("bbox") or {}
+    summary["bbox_mean_iou"] = bbox.get("mean_iou")
+    summary["majority_balanced_accuracy"] = (metrics.get("majority_baseline") or {}).get("balanced_accuracy")
+    return summary

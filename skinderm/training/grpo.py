@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +12,11 @@ from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig, GRPOTrainer
 
-from skinderm.conversations import ExampleBuilder
-from skinderm.core.files import to_plain, write_json_atomic
+from skinderm.core.files import to_plain
 from skinderm.core.runs import RESOLVED_CONFIG_FILE, RunFolder, find_latest_run
 from skinderm.data.splits import subsample
-from skinderm.evaluation.metrics import compute_metrics
-from skinderm.evaluation.runner import headline, write_predictions
 from skinderm.models.checkpoints import is_adapter_folder, load_run_model
-from skinderm.rewards import build_reward_functions, weighted_total
+from skinderm.rewards import build_reward_functions
 from skinderm.training.common import (
     build_examples,
     example_builder,
@@ -30,9 +27,9 @@ from skinderm.training.common import (
     summarise_log_history,
     trainer_arguments,
 )
-from skinderm.training.evaluate_after import answer_on_all_ranks
 from skinderm.training.resume import ResumableTrainerMixin
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
+from skinderm.training.val_check import val_check, val_records, write_val_check
 
 log = logging.getLogger(__name__)
 
@@ -148,51 +145,6 @@ def _message_text(messages: Any) -> str:
     return "\n".join(parts)
 
 
-def reward_components(
-    reward_funcs: Sequence[Callable[..., list[float]]],
-    completions: Sequence[str],
-    examples: Sequence[Mapping[str, Any]],
-) -> dict[str, list[float]]:
-    """Every reward function on completions with their ground-truth columns (as TRL would call them)."""
-    columns = {
-        key: [example[key] for example in examples] for key in examples[0] if key not in ("prompt", "images")
-    }
-    return {func.__name__: list(func(list(completions), **columns)) for func in reward_funcs}
-
-
-def held_out_rewards(
-    trainer: Any,
-    processor: Any,
-    records: Sequence[Mapping[str, Any]],
-    builder: ExampleBuilder,
-    reward_funcs: Sequence[Callable[..., list[float]]],
-    weights: Sequence[float],
-    cfg: DictConfig,
-    *,
-    desc: str,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Greedy answers of the trainer's model on held-out records (every rank answers a share; call it
-    on every rank): headline metrics plus mean reward per component and weighted."""
-    predictions = answer_on_all_ranks(
-        trainer,
-        processor,
-        list(records),
-        builder,
-        batch_size=int(cfg.eval.batch_size),
-        max_new_tokens=int(cfg.stage.max_completion_length),
-        desc=desc,
-    )
-    metrics = compute_metrics(predictions)
-    examples = [builder.grpo_example(record) for record in records]
-    components = reward_components(reward_funcs, [p["completion"] for p in predictions], examples)
-    names = [func.__name__ for func in reward_funcs]
-    total = weighted_total(components, dict(zip(names, weights, strict=True)))
-    summary = headline(metrics)
-    summary["reward_weighted"] = sum(total) / len(total)
-    summary.update({f"reward_{name}": sum(values) / len(values) for name, values in components.items()})
-    return summary, predictions
-
-
 def sampler_arguments(hardware: DictConfig) -> dict[str, Any]:
     """GRPOConfig arguments for how completions are sampled: transformers' generate (default) or vLLM.
 
@@ -251,7 +203,7 @@ def run_grpo(
     reward_funcs, weights = build_reward_functions(to_plain(cfg.reward), class_counts=dict(class_counts))
     names = [func.__name__ for func in reward_funcs]
     train_dataset = Dataset.from_list(build_examples(train_records, builder.grpo_example, "train prompts"))
-    eval_records = subsample(splits["val"], cfg.eval.num_samples, cfg.seed)
+    eval_records = val_records(splits["val"], cfg)
 
     stage = cfg.stage
     arguments = GRPOConfig(
@@ -283,9 +235,7 @@ def run_grpo(
         record_data_shards(trainer, run.path / SHARDS_DIR)
     before: dict[str, Any] = {}
     if eval_records:  # the starting policy, after the trainer set up the ranks (and any LoRA wrapping)
-        before, _ = held_out_rewards(
-            trainer, processor, eval_records, builder, reward_funcs, weights, cfg, desc="val before"
-        )
+        before, _, _ = val_check(trainer, processor, eval_records, builder, cfg, desc="val before")
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     save_policy(trainer, processor, run)
 
@@ -300,12 +250,10 @@ def run_grpo(
         **summarise_log_history(trainer.state.log_history),
     }
     if eval_records:  # on every rank: with sharded weights generation needs them all
-        after, predictions = held_out_rewards(
-            trainer, processor, eval_records, builder, reward_funcs, weights, cfg, desc="val after"
+        after, predictions, val_metrics = val_check(
+            trainer, processor, eval_records, builder, cfg, desc="val after"
         )
         metrics["val_before"], metrics["val_after"] = before, after
         metrics["val_generation"] = after
-        if trainer.is_world_process_zero():
-            write_predictions(run.path / "predictions_val.jsonl", predictions)
-            write_json_atomic(run.path / "metrics_val.json", {"before": before, "after": after})
+        write_val_check(run, before=before, after=after, predictions=predictions, metrics=val_metrics)
     return metrics

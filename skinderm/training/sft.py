@@ -25,11 +25,11 @@ from skinderm.training.common import (
     summarise_log_history,
     trainer_arguments,
 )
-from skinderm.training.evaluate_after import evaluate_on_split
 from skinderm.training.optim import build_optimizer
 from skinderm.training.resume import ResumableTrainerMixin
 from skinderm.training.sampling import EpochSeededWeightedSampler, class_balanced_weights
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
+from skinderm.training.val_check import val_check, val_records, write_val_check
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,11 @@ def run_sft(
         "global_step": trainer.state.global_step,
         **summarise_log_history(trainer.state.log_history),
     }
-    if cfg.eval.num_samples:  # on every rank: with sharded weights generation needs them all
-        metrics["val_generation"] = evaluate_on_split(
-            trainer, processor, splits["val"], builder, cfg, run, split_name="val"
+    checked = val_records(splits["val"], cfg)
+    if checked:  # on every rank: with sharded weights generation needs them all
+        after, predictions, val_metrics = val_check(
+            trainer, processor, checked, builder, cfg, desc="val answers"
         )
+        metrics["val_generation"] = after
+        write_val_check(run, before=None, after=after, predictions=predictions, metrics=val_metrics)
     return metrics

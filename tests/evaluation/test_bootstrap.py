@@ -12,9 +12,14 @@ from skinderm.evaluation.bootstrap import (
     BALANCED_ACCURACY,
     BBOX_MEAN_IOU,
     MACRO_F1,
+    MASK_MEAN_IOU,
+    PARSE_RATE,
     SPATIAL_ACCURACY,
     bootstrap_ci,
+    bootstrap_many,
     bootstrap_metrics,
+    bootstrap_replicates,
+    paired_bootstrap,
 )
 from skinderm.evaluation.metrics import compute_metrics
 
@@ -164,3 +169,62 @@ def test_custom_statistic_sees_whole_lesions():
     assert set(sizes) == {24}
     assert interval["confidence"] == 0.9
     assert 0.0 <= interval["low"] <= interval["estimate"] <= interval["high"] <= 1.0
+
+
+# --- paired bootstrap -----------------------------------------------------------------------------
+
+ALL_FAST = {
+    "accuracy": ACCURACY,
+    "balanced_accuracy": BALANCED_ACCURACY,
+    "macro_f1": MACRO_F1,
+    "bbox_mean_iou": BBOX_MEAN_IOU,
+    "mask_mean_iou": MASK_MEAN_IOU,
+    "spatial_accuracy": SPATIAL_ACCURACY,
+    "parse_rate": PARSE_RATE,
+}
+
+
+@pytest.mark.parametrize(
+    ("fast", "metric"),
+    [(MASK_MEAN_IOU, lambda m: m["mask_mean_iou"]), (PARSE_RATE, lambda m: m["parse_rate"])],
+)
+def test_mask_iou_and_parse_rate_statistics_equal_compute_metrics_on_every_resample(records, fast, metric):
+    slow = bootstrap_ci(records, lambda rs: metric(compute_metrics(rs)), n_resamples=40, seed=3)
+    quick = bootstrap_ci(records, fast, n_resamples=40, seed=3)
+    assert quick["estimate"] == pytest.approx(metric(compute_metrics(records)))
+    for key in ("estimate", "low", "high"):
+        assert quick[key] == pytest.approx(slow[key], abs=1e-12)
+
+
+def test_paired_bootstrap_of_records_with_themselves_is_exactly_zero(records):
+    def share_right(resample):  # a plain callable takes the slow path: it must pair too
+        return float(np.mean([r["dx_true"] == r["dx_pred"] for r in resample]))
+
+    statistics = {**ALL_FAST, "custom": share_right}
+    paired = paired_bootstrap(records, [dict(r) for r in records], statistics, n_resamples=100, seed=2)
+    for name, interval in paired.items():
+        assert (interval["estimate"], interval["low"], interval["high"]) == (0.0, 0.0, 0.0), name
+        assert interval["a"] == interval["b"]
+
+
+def test_paired_per_run_intervals_are_bootstrap_many_on_the_same_resamples(record_factory):
+    """Pairing changes only the difference: each run's own interval is the unpaired one, same seed."""
+    records_a = record_factory(300, seed=1)
+    records_b = [dict(r, dx_pred=r["dx_true"]) if i % 4 == 0 else r for i, r in enumerate(records_a)]
+    paired = paired_bootstrap(records_a, records_b, ALL_FAST, n_resamples=200, seed=9)
+    alone_a = bootstrap_many(records_a, ALL_FAST, n_resamples=200, seed=9)
+    alone_b = bootstrap_many(records_b, ALL_FAST, n_resamples=200, seed=9)
+    for name in ALL_FAST:
+        for key in ("estimate", "low", "high"):
+            assert paired[name]["a"][key] == alone_a[name][key]
+            assert paired[name]["b"][key] == alone_b[name][key]
+        assert paired[name]["estimate"] == pytest.approx(alone_b[name]["estimate"] - alone_a[name]["estimate"])
+    replicates = bootstrap_replicates(records_a, {"accuracy": ACCURACY}, n_resamples=200, seed=9)["accuracy"]
+    assert np.quantile(replicates, 0.025) == alone_a["accuracy"]["low"]
+
+
+def test_paired_bootstrap_refuses_records_in_another_order(records):
+    with pytest.raises(ValueError, match="same image order: record 0"):
+        paired_bootstrap(records, records[::-1], {"accuracy": ACCURACY}, n_resamples=5)
+    with pytest.raises(ValueError, match="same images in both runs"):
+        paired_bootstrap(records, records[:-1], {"accuracy": ACCURACY}, n_resamples=5)

@@ -110,7 +110,7 @@ def test_grpo_from_a_lora_run_continues_or_merges_the_adapter(
     # Either way GRPO trains (and saves) a LoRA adapter: the Stage 1 one, or a fresh one on merged weights.
     assert (tmp_path / "grpo" / "model" / "adapter_config.json").is_file()
     # ... and evaluation finds the base that adapter belongs to (the Stage 1 base, or Stage 1 merged).
-    from skinderm.evaluation.runner import answer_records
+    from skinderm.evaluation.answering import answer_records
     from skinderm.models.checkpoints import load_run_model
     from skinderm.training.common import example_builder, load_split_records
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from skinderm.training.evaluate_after import rank_share
+from skinderm.training.val_check import rank_share
 
 
 @pytest.mark.parametrize("n_records", [0, 1, 2, 5, 7, 8, 64, 65])
