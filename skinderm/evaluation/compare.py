@@ -24,6 +24,14 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from skinderm.config import SEED, ConfigError, Range, check_ranges, check_schema
+from skinderm.core.runs import (
+    METRICS_FILE,
+    MODEL_DIR,
+    PREDICTIONS_FILE,
+    RESOLVED_CONFIG_FILE,
+    RunFolder,
+    load_run_config,
+)
 from skinderm.data.classes import CLASS_CODES
 from skinderm.evaluation.bootstrap import (
     ACCURACY,
@@ -38,8 +46,7 @@ from skinderm.evaluation.bootstrap import (
 )
 from skinderm.evaluation.export import _recorded_log_dirs, find_evaluations
 from skinderm.evaluation.metrics import is_missing
-from skinderm.evaluation.report import METRICS_FILE, PREDICTIONS_FILE, read_predictions
-from skinderm.models.checkpoints import MODEL_DIR, RESOLVED_CONFIG_FILE, load_run_config
+from skinderm.evaluation.report import read_predictions
 
 log = logging.getLogger(__name__)
 
@@ -517,7 +524,6 @@ def format_comparison(result: Mapping[str, Any]) -> str:
 def run_comparison(cfg: DictConfig) -> dict[str, Any]:
     """The compare command: compare.json and compare.md (the printed table) in cfg.paths.output_dir."""
     from skinderm.core.files import atomic_write_text, write_json_atomic
-    from skinderm.core.runs import RunFolder
 
     out = RunFolder(Path(cfg.paths.output_dir))
     references = [str(reference) for reference in cfg.runs]
