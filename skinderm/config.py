@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 from skinderm.answers import ANSWER_FIELDS
 from skinderm.coordinates import check_pixel_budget
 from skinderm.core.errors import ConfigError
+from skinderm.core.files import to_plain
 
 # Errors our code raises for things a user can fix (bad paths, data or settings). Their messages name the
 # file or key and the fix, so the command line shows that one line instead of a traceback.
@@ -476,7 +477,7 @@ def check_answer_fields(fields: Any, key: str = "answer.fields") -> None:
     example = f"{key}=[{','.join(ANSWER_FIELDS[:3])}]"
     if not values:
         raise ConfigError(
-            f"config key '{key}' = {_plain_value(fields)!r}: list one or more of {list(ANSWER_FIELDS)}, "
+            f"config key '{key}' = {to_plain(fields)!r}: list one or more of {list(ANSWER_FIELDS)}, "
             f"e.g. {example}"
         )
     unknown = [value for value in values if value not in ANSWER_FIELDS]
@@ -499,10 +500,6 @@ def check_model_budget(model: DictConfig, key: str = "model") -> None:
     except ValueError as error:
         prefix = "" if key == "model" else f"{key}: "
         raise ConfigError(f"{prefix}{error}") from None
-
-
-def _plain_value(value: Any) -> Any:
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 @dataclass

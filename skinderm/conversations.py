@@ -18,6 +18,7 @@ from PIL import Image
 
 from skinderm.answers import format_answer
 from skinderm.coordinates import box_to_model_space, model_input_size, points_to_model_space
+from skinderm.data.annotation import largest_component
 from skinderm.data.classes import CLASS_CODES, LOCATIONS
 from skinderm.data.images import load_image, load_mask
 
@@ -47,16 +48,19 @@ def prompt_messages(prompt: str) -> list[dict[str, Any]]:
 
 
 def mask_polygon(mask: np.ndarray, max_points: int) -> list[list[int]] | None:
-    """The largest outer contour of a boolean mask, simplified to at most `max_points` vertices.
+    """The outline of THE lesion (`largest_component`: the one annotation boxes), simplified to at most
+    `max_points` vertices.
 
     Douglas-Peucker with a tolerance that grows until the vertex budget is met; None for an empty mask.
     """
     if max_points < 3:
         raise ValueError(f"answer.polygon_max_points={max_points}: a polygon needs at least 3 points")
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    if not contours:
+    component = largest_component(mask)
+    if component is None:
         return None
-    contour = max(contours, key=cv2.contourArea)
+    # One 8-connected component has exactly one outer boundary (holes are not part of the outline).
+    contours, _ = cv2.findContours(component.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contour = max(contours, key=len)
     if len(contour) < 3:
         return None
     perimeter = cv2.arcLength(contour, closed=True)

@@ -68,3 +68,19 @@ def test_mask_polygon_respects_the_vertex_budget() -> None:
     for budget in (3, 8, 16):
         assert 3 <= len(mask_polygon(mask, budget)) <= budget
     assert mask_polygon(np.zeros((10, 10), bool), 8) is None
+
+
+def test_the_outline_is_of_the_component_annotation_boxes() -> None:
+    """A thin ring encloses more area than a solid blob but has fewer pixels: the lesion (largest
+    8-connected component by pixels, as annotation defines it) is the blob, and so is its outline."""
+    from skinderm.data.annotation import annotate_mask
+
+    mask = np.zeros((200, 300), dtype=bool)
+    mask[20:180, 20:180] = True
+    mask[22:178, 22:178] = False  # ring: 160x160 outline, ~1,264 pixels
+    mask[60:110, 200:250] = True  # blob: 50x50 = 2,500 pixels
+    x1, y1, x2, y2 = annotate_mask(mask).bbox
+    assert (x1, y1, x2, y2) == (200, 60, 250, 110)
+    polygon = mask_polygon(mask, max_points=16)
+    assert polygon is not None and len(polygon) >= 3
+    assert all(x1 <= x < x2 and y1 <= y < y2 for x, y in polygon), polygon

@@ -15,7 +15,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "skinderm"
 PYPROJECT = PACKAGE.parent / "pyproject.toml"
 
-ENTRYPOINTS = ("train", "evaluate", "predict", "annotate", "synthesize", "export")
+ENTRYPOINTS = ("train", "evaluate", "predict", "annotate", "synthesize", "export", "compare")
 # Lowest first. A module may import modules of its own layer or of layers below it, never above.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("core", ("skinderm", "skinderm.core", "skinderm.progress", "skinderm.geometry")),

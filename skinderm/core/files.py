@@ -30,10 +30,11 @@ log = logging.getLogger(__name__)
 
 def to_plain(value: Any) -> Any:
     """A resolved plain-Python copy of a config node (DictConfig/ListConfig, also nested inside dicts and
-    lists), for TRL, PEFT, W&B, pandas and JSON: no ListConfig leaks past the boundary."""
-    from omegaconf import OmegaConf
+    lists), for TRL, PEFT, W&B, pandas and JSON: no ListConfig leaks past the boundary. Plain values need
+    no omegaconf import (annotation workers stay light)."""
+    if type(value).__module__.startswith("omegaconf"):
+        from omegaconf import OmegaConf
 
-    if OmegaConf.is_config(value):
         return OmegaConf.to_container(value, resolve=True, throw_on_missing=True)
     if isinstance(value, Mapping):
         return {key: to_plain(item) for key, item in value.items()}

@@ -27,6 +27,7 @@ MODEL_DIR = "model"
 CHECKPOINTS_DIR = "checkpoints"
 FINISHED_MARKER = "FINISHED"
 ERROR_FILE = "error.txt"
+PREDICTIONS_FILE = "predictions.jsonl"  # evaluate's
 PREDICTIONS_VAL_FILE = "predictions_val.jsonl"
 METRICS_VAL_FILE = "metrics_val.json"
 _NO_RESUME = (None, "", "null", "None")

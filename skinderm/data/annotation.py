@@ -209,13 +209,35 @@ def _geometry_by_labels(binary: np.ndarray) -> MaskGeometry:
     if count <= 1:
         return EMPTY_GEOMETRY
     areas = stats[1:, cv2.CC_STAT_AREA]
-    tied = 1 + np.flatnonzero(areas == areas.max())
-    # Ties: the component met first in raster order. (OpenCV's label order is not raster order: its
-    # block-based algorithms number components by 2x2 blocks.)
-    largest = int(min(tied, key=lambda label: int(np.argmax(labels.ravel() == label))))
+    largest = _largest_label(labels, stats)
     x, y, w, h = (int(v) for v in stats[largest, :4])
     centroid = (float(centroids[largest][0]), float(centroids[largest][1]))
     return _geometry([x, y, x + w, y + h], centroid, float(areas.sum()), count - 1, width, height)
+
+
+def _largest_label(labels: np.ndarray, stats: np.ndarray) -> int:
+    """The label of the largest component (most pixels); ties: the component met first in raster order.
+    (OpenCV's label order is not raster order: its block-based algorithms number components by 2x2 blocks.)"""
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    tied = 1 + np.flatnonzero(areas == areas.max())
+    return int(min(tied, key=lambda label: int(np.argmax(labels.ravel() == label))))
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray | None:
+    """THE lesion: a boolean mask of the largest 8-connected component of a mask (lesion = > 127, or True),
+    the component whose box, location and centroid annotation records; None for an empty mask.
+
+    The outline taught as `polygon` is this component's outer boundary (`skinderm.conversations`), so box,
+    location and outline always describe the same lesion.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        mask = mask[:, :, :3].max(axis=2)
+    binary = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask > 127).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(binary), connectivity=8)
+    if count <= 1:
+        return None
+    return labels == _largest_label(labels, stats)
 
 
 def _geometry(
@@ -310,6 +332,11 @@ _MASK_FLAGS: dict[str, str] = {
 }
 
 
+# Bump when a rule of mask -> geometry or of what is checked changes: cached annotations of another
+# version are redone (the version is written into ham10000_with_spatial_data.summary.json).
+ANNOTATION_VERSION = 2
+
+
 def _annotate_item(item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | None, Problem | None]:
     """(image size + mask geometry, None) or (None, problem) for one image.
 
@@ -356,7 +383,7 @@ def _annotate_item(item: tuple[str, str, str | None]) -> tuple[dict[str, Any] | 
     return result, None
 
 
-def _plain(value: Any) -> Any:
+def _json_cell(value: Any) -> Any:
     """Metadata cell -> JSON value (NaN -> None)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -422,7 +449,7 @@ def annotate_dataset(
             if result.pop(flag):
                 ids.append(image_id)
         record: dict[str, Any] = {"image_id": image_id}
-        record.update({name: _plain(getattr(row, name)) for name in _METADATA_FIELDS})
+        record.update({name: _json_cell(getattr(row, name)) for name in _METADATA_FIELDS})
         record["image_path"] = Path(image_path).relative_to(root).as_posix()
         record["mask_path"] = None if mask_path is None else Path(mask_path).relative_to(root).as_posix()
         record.update(result)
@@ -440,6 +467,7 @@ def annotate_dataset(
             "(docs/data.md, Troubleshooting: data)."
         )
     summary = {
+        "annotation_version": ANNOTATION_VERSION,
         "on_error": on_error,
         "images_listed": index.n_listed,
         "images_used": len(records),
@@ -548,9 +576,12 @@ def read_annotation_summary(out_dir: str | Path) -> dict[str, Any] | None:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    # A summary without the newer mask counts was written before those masks were detected: redo it.
+    # A summary of another annotation version was made by other rules (e.g. before 16-bit and colour
+    # masks were read at their depth, or without the newer counts): redo it.
     needed = {"on_error", "images_listed", "images_used", "skip_counts", *MASK_COUNT_KEYS}
-    return summary if isinstance(summary, dict) and needed <= set(summary) else None
+    if not isinstance(summary, dict) or not needed <= set(summary):
+        return None
+    return summary if summary.get("annotation_version") == ANNOTATION_VERSION else None
 
 
 def _records_json(records: Iterable[dict[str, Any]]) -> str:

@@ -17,8 +17,10 @@ from typing import Any
 import pandas as pd
 
 from skinderm.core import files
+from skinderm.core.files import to_plain
 from skinderm.data import layout
 from skinderm.data.annotation import (
+    ANNOTATION_VERSION,
     annotate_dataset,
     annotation_attrs,
     format_data_summary,
@@ -34,15 +36,6 @@ from skinderm.data.synthetic import ensure_synthetic_dataset, is_synthetic_datas
 log = logging.getLogger(__name__)
 
 _SPLIT_DEFAULTS: dict[str, Any] = {"val_fraction": 0.1, "test_fraction": 0.2, "seed": 0}
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (or any Mapping/list) -> plain dicts and lists, without importing omegaconf."""
-    if isinstance(value, Mapping):
-        return {str(key): _plain(value[key]) for key in value}
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
-        return [_plain(item) for item in value]
-    return value
 
 
 def _required(dataset_cfg: Mapping, key: str, hint: str) -> Any:
@@ -72,13 +65,13 @@ def prepare_dataset(dataset_cfg: Mapping) -> pd.DataFrame:
     on_error = check_on_error(str(dataset_cfg.get("on_error", "raise")))
     annotations_dir = dataset_cfg.get("annotations_dir")
     out_dir = root if annotations_dir in (None, "") else Path(str(annotations_dir)).expanduser()
-    split_params = {**_SPLIT_DEFAULTS, **_plain(dataset_cfg.get("splits") or {})}
+    split_params = {**_SPLIT_DEFAULTS, **to_plain(dataset_cfg.get("splits") or {})}
     unknown = sorted(set(split_params) - set(_SPLIT_DEFAULTS))
     if unknown:
         raise ValueError(f"Unknown dataset.splits keys {unknown}; allowed: {sorted(_SPLIT_DEFAULTS)}.")
 
     if name == "synthetic":
-        params = _plain(_required(dataset_cfg, "synthetic", "the generator parameters (dataset=synthetic)"))
+        params = to_plain(_required(dataset_cfg, "synthetic", "the generator parameters (dataset=synthetic)"))
         if is_synthetic_dataset_current(root, **params):
             log.info("Synthetic dataset: reusing %s", root)
         else:
@@ -131,7 +124,10 @@ def _stale_reason(json_path: Path, metadata_path: Path, out_dir: Path, on_error:
         return "older than the metadata"
     summary = read_annotation_summary(out_dir)
     if summary is None:
-        return f"without its summary {layout.ANNOTATIONS_SUMMARY_JSON}"
+        return (
+            f"without a current summary {layout.ANNOTATIONS_SUMMARY_JSON} (missing, or written by another "
+            f"annotation version than {ANNOTATION_VERSION})"
+        )
     skipped = sum(int(count) for count in summary["skip_counts"].values())
     if skipped and not (out_dir / layout.SKIPPED_CSV).is_file():
         return f"without the {layout.SKIPPED_CSV} its summary mentions"

@@ -30,12 +30,12 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from skinderm.config import COUNT, ConfigError, check_ranges, check_schema
+from skinderm.core.files import to_plain
 from skinderm.models.checkpoints import (
     FINISHED_MARKER,
     METRICS_FILE,
     MODEL_DIR,
     RESOLVED_CONFIG_FILE,
-    _plain,
     is_adapter_folder,
     load_run_config,
     load_run_model,
@@ -485,7 +485,7 @@ def _split_counts(run_cfg: DictConfig) -> list[str]:
         return []
     folder = Path(str(root))
     params = _read_json(folder / layout.SPLITS_PARAMS_JSON)
-    wanted = _plain(OmegaConf.select(run_cfg, "dataset.splits"))
+    wanted = to_plain(OmegaConf.select(run_cfg, "dataset.splits"))
     if not (folder / layout.SPLITS_CSV).is_file() or params is None or params != wanted:
         return [f"(Images per split: `{folder / layout.SPLITS_CSV}` is not here or was remade since.)", ""]
     table = read_splits(folder / layout.SPLITS_CSV)
@@ -498,7 +498,7 @@ def _split_counts(run_cfg: DictConfig) -> list[str]:
 
 
 def _data_section(run_cfg: DictConfig, metrics: Mapping[str, Any]) -> list[str]:
-    dataset = _plain(run_cfg.dataset)
+    dataset = to_plain(run_cfg.dataset)
     splits = dataset.get("splits") or {}
     name = dataset.get("name")
     lines = ["## Training data and splits", ""]
@@ -545,7 +545,7 @@ def _training_lines(chain: Sequence[Path]) -> list[str]:
         cfg = load_run_config(run_dir)
         metrics = _read_json(run_dir / METRICS_FILE) or {}
         stage = OmegaConf.select(cfg, "stage.name")
-        lora = _plain(OmegaConf.select(cfg, "model.lora")) or {}
+        lora = to_plain(OmegaConf.select(cfg, "model.lora")) or {}
         how = (
             f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')} on "
             f"{', '.join(lora.get('target_modules', []))} (merged into the weights here)"
@@ -556,7 +556,7 @@ def _training_lines(chain: Sequence[Path]) -> list[str]:
         what += f"learning rate {OmegaConf.select(cfg, 'stage.learning_rate')}, "
         what += f"{OmegaConf.select(cfg, 'hardware.precision')}, seed {OmegaConf.select(cfg, 'seed')}"
         if stage == "grpo":
-            weights = _plain(OmegaConf.select(cfg, "reward.weights")) or {}
+            weights = to_plain(OmegaConf.select(cfg, "reward.weights")) or {}
             what += ", reward weights " + ", ".join(f"{key} {value}" for key, value in weights.items())
         lines.append(what + ".")
     return lines
@@ -660,8 +660,8 @@ def model_card(
     command: str | None = None,
 ) -> str:
     """README.md of an export: Hub front matter, then what a user needs to judge and call the model."""
-    model_cfg = _plain(run_cfg.model)
-    fields = list(_plain(OmegaConf.select(run_cfg, "answer.fields")) or ["diagnosis"])
+    model_cfg = to_plain(run_cfg.model)
+    fields = list(to_plain(OmegaConf.select(run_cfg, "answer.fields")) or ["diagnosis"])
     stage = str(OmegaConf.select(run_cfg, "stage.name"))
     chain = training_chain(run_dir)
     base = hub_base_model(model_cfg) or (

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from skinderm.core.files import json_safe
+from skinderm.core.files import atomic_write_text, json_safe
 from skinderm.data.classes import CLASS_NAMES
 from skinderm.evaluation.bootstrap import bootstrap_metrics
 from skinderm.evaluation.calibration import compute_calibration, has_class_probs
@@ -22,8 +22,6 @@ from skinderm.evaluation.metrics import compute_metrics, is_missing, record_iou
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_FILE = "predictions.jsonl"
-METRICS_FILE = "metrics.json"
 PLOTS_DIR = "plots"
 TRUE_RGB = (26, 152, 80)  # green: ground truth (the colours of skinderm.evaluation.plots)
 PRED_RGB = (215, 48, 39)  # red: prediction
@@ -34,10 +32,8 @@ WANDB_TABLE_IMAGES = 256
 
 def write_predictions(path: Path, predictions: Sequence[Mapping[str, Any]]) -> None:
     """One JSON object per line (NaN written as null, so every JSON reader can load it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as handle:
-        for prediction in predictions:
-            handle.write(json.dumps(json_safe(prediction), default=str) + "\n")
+    lines = [json.dumps(json_safe(prediction), default=str) + "\n" for prediction in predictions]
+    atomic_write_text(path, "".join(lines))
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:

@@ -24,13 +24,19 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from skinderm.core.files import to_plain
+from skinderm.core.runs import (
+    FINISHED_MARKER,
+    METRICS_FILE,
+    MODEL_DIR,
+    RESOLVED_CONFIG_FILE,
+    find_latest_run,
+    load_run_config,
+)
+
 log = logging.getLogger(__name__)
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
-MODEL_DIR = "model"
-RESOLVED_CONFIG_FILE = "config_resolved.yaml"
-METRICS_FILE = "metrics.json"
-FINISHED_MARKER = "FINISHED"
 # Stages whose runs hold a model that can be evaluated; `latest` picks the newest finished one.
 TRAINING_STAGES: tuple[str, ...] = ("sft", "grpo")
 
@@ -40,21 +46,10 @@ def is_adapter_folder(model_dir: str | Path) -> bool:
     return (Path(model_dir) / ADAPTER_CONFIG_FILE).is_file()
 
 
-def find_latest_training_run(log_dir: str | Path, stages: Sequence[str] = TRAINING_STAGES) -> Path | None:
-    """The most recently finished run of any of `stages` under `log_dir` (single runs and sweep jobs)."""
-    candidates: list[Path] = []
-    for stage in stages:
-        root = Path(log_dir) / stage
-        if root.is_dir():
-            candidates.extend(marker.parent for marker in root.glob("**/" + FINISHED_MARKER))
-    candidates = [run for run in candidates if (run / MODEL_DIR).is_dir()]
-    return max(candidates, key=lambda run: (run / FINISHED_MARKER).stat().st_mtime, default=None)
-
-
 def resolve_run(run: str | Path, log_dir: str | Path, stages: Sequence[str] = TRAINING_STAGES) -> Path:
     """The run folder named by `run` (`latest` or a path), checked to hold a model and its config."""
     if str(run) == "latest":
-        found = find_latest_training_run(log_dir, stages)
+        found = find_latest_run(log_dir, stages)
         if found is None:
             where = ", ".join(str(Path(log_dir) / stage) for stage in stages)
             raise FileNotFoundError(
@@ -73,16 +68,6 @@ def resolve_run(run: str | Path, log_dir: str | Path, stages: Sequence[str] = TR
     if not (path / FINISHED_MARKER).is_file():
         log.warning("run %s has no %s marker: training may not have completed", path, FINISHED_MARKER)
     return path
-
-
-def load_run_config(run_dir: str | Path) -> DictConfig:
-    """The resolved config a run was trained with."""
-    path = Path(run_dir) / RESOLVED_CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {run_dir} is not a skinderm training run folder")
-    cfg = OmegaConf.load(path)
-    assert isinstance(cfg, DictConfig)
-    return cfg
 
 
 def stage1_run_of(run_dir: str | Path) -> Path:
@@ -104,10 +89,6 @@ def stage1_run_of(run_dir: str | Path) -> Path:
             "run's model as the base"
         )
     return path
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def load_run_model(
@@ -134,7 +115,7 @@ def load_run_model(
 
     run_dir = Path(run_dir)
     run_cfg = load_run_config(run_dir)
-    model_cfg: dict[str, Any] = dict(_plain(run_cfg.model))
+    model_cfg: dict[str, Any] = dict(to_plain(run_cfg.model))
     model_dir = run_dir / MODEL_DIR
     if not is_adapter_folder(model_dir):
         full_cfg = {**model_cfg, **(model_overrides or {}), "name_or_path": str(model_dir), "tiny": None}
@@ -193,7 +174,7 @@ def _adapter_base(
             return _adapter_base(
                 init_run,
                 init_cfg,
-                dict(_plain(init_cfg.model)),
+                dict(to_plain(init_cfg.model)),
                 torch_dtype,
                 attn_implementation,
                 model_overrides=model_overrides,

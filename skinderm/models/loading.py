@@ -12,9 +12,11 @@ own padding side per call, so training is unaffected.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from skinderm.core.files import to_plain
 
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
 _TRUE_STRINGS = {"1", "true", "yes", "on"}
@@ -47,7 +49,7 @@ def resolve_model_source(model_cfg: Mapping[str, Any]) -> tuple[str, bool]:
         from skinderm.models.tiny import ensure_tiny_model
 
         # The pixel budget is not a build parameter: load_processor applies model.min/max_pixels.
-        params = {key: _plain(value) for key, value in dict(tiny_params).items()}
+        params = {key: to_plain(value) for key, value in dict(tiny_params).items()}
         return str(ensure_tiny_model(name_or_path, **params)), True
     if looks_like_local_path(name_or_path):
         folder = Path(name_or_path).expanduser()
@@ -224,12 +226,3 @@ def _missing_model_message(source: str, local_files_only: bool, error: OSError) 
         f"model.name_or_path={source}: could not load it from {where} ({type(error).__name__}). "
         f"Download it first (`hf download {source}`) or point model.name_or_path at a local model folder."
     )
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers inside `model.tiny` to plain Python values."""
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return [_plain(item) for item in value]
-    return value

@@ -26,6 +26,8 @@ import cv2
 import numpy as np
 
 from skinderm.answers import ParsedAnswer
+from skinderm.data.errors import DataError
+from skinderm.data.images import load_mask as read_lesion_mask
 from skinderm.geometry import box_iou, clip_box
 from skinderm.rewards._common import (
     RewardFunction,
@@ -68,18 +70,17 @@ class MaskTruth:
 
 @lru_cache(maxsize=MASK_CACHE_SIZE)
 def load_mask(path: str, width: int, height: int) -> MaskTruth | None:
-    """The mask PNG at `path` as lesion pixels (> 127), resized nearest-neighbour to width x height.
+    """The mask at `path` as lesion pixels (`skinderm.data.images.load_mask`), at width x height.
 
     None (with one warning per path and size) when the file is missing or unreadable: the reward
     is then 0 for that image rather than a crash in the middle of training.
     """
-    pixels = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if pixels is None:
-        log.warning("mask IoU reward: cannot read mask %s; rewarding 0 for its completions", path)
+    try:  # the data layer's one mask decoder: 16-bit and colour masks read as annotation reads them
+        lesion = read_lesion_mask(path, (width, height))
+    except (DataError, OSError) as error:
+        log.warning("mask IoU reward: %s; rewarding 0 for its completions", error)  # the error names the file
         return None
-    if pixels.shape != (height, width):
-        pixels = cv2.resize(pixels, (width, height), interpolation=cv2.INTER_NEAREST)
-    return MaskTruth.from_array(pixels > 127)
+    return MaskTruth.from_array(lesion)
 
 
 def _pixel_edge(value: float, limit: int) -> int:

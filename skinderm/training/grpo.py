@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig, GRPOTrainer
 
 from skinderm.core.files import to_plain
-from skinderm.core.runs import RESOLVED_CONFIG_FILE, RunFolder, find_latest_run
+from skinderm.core.runs import MODEL_DIR, RESOLVED_CONFIG_FILE, RunFolder, find_latest_run
 from skinderm.data.splits import subsample
 from skinderm.models.checkpoints import is_adapter_folder, load_run_model
 from skinderm.rewards import build_reward_functions
@@ -46,7 +46,7 @@ def resolve_init_run(cfg: DictConfig) -> Path:
             )
         return found
     path = Path(init_from).expanduser()
-    if not (path / "model").is_dir() or not (path / RESOLVED_CONFIG_FILE).is_file():
+    if not (path / MODEL_DIR).is_dir() or not (path / RESOLVED_CONFIG_FILE).is_file():
         raise FileNotFoundError(
             f"stage.init_from={init_from}: not a finished skinderm SFT run folder (needs model/ and "
             f"{RESOLVED_CONFIG_FILE}); pass the folder printed at the end of the SFT run, or `latest`"

@@ -73,6 +73,21 @@ def test_annotations_older_than_the_metadata_are_redone(tmp_path: Path) -> None:
     assert len(prepare_dataset(_cfg(root))) == 42
 
 
+def test_annotations_of_another_annotation_version_are_redone(tmp_path: Path) -> None:
+    """A rule change (a new ANNOTATION_VERSION) must reach cached annotations, not only new folders."""
+    import json
+
+    root = tmp_path / "synthetic"
+    prepare_dataset(_cfg(root))
+    summary_path = root / layout.ANNOTATIONS_SUMMARY_JSON
+    summary = json.loads(summary_path.read_text())
+    summary["annotation_version"] = summary["annotation_version"] - 1
+    summary_path.write_text(json.dumps(summary))
+    (root / layout.ANNOTATIONS_JSON).write_text("[]")  # what the old rules "found": must not be reused
+    assert len(prepare_dataset(_cfg(root))) == 42
+    assert json.loads(summary_path.read_text())["annotation_version"] == summary["annotation_version"] + 1
+
+
 def test_real_layout_with_tab_metadata_and_separate_annotation_folder(
     synthetic_copy: Callable[..., Path], tmp_path: Path
 ) -> None:
