@@ -23,7 +23,7 @@ import pandas as pd
 from skinderm.data.annotation import RECORD_COLUMNS as ANNOTATION_COLUMNS
 from skinderm.data.classes import CLASS_CODES
 from skinderm.data.images import read_image_size
-from skinderm.data.layout import IMAGE_FILE_PATTERN, IMAGE_ID_PATTERN, sniff_delimiter
+from skinderm.data.layout import IMAGE_FILE_PATTERN, IMAGE_ID_PATTERN, find_entry, sniff_delimiter
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,9 @@ RECORD_COLUMNS: tuple[str, ...] = (*ANNOTATION_COLUMNS, "split", "image_path_abs
 
 def find_image_folder(root: Path) -> Path:
     """The test image folder under `root` (either official name, any letter case)."""
-    wanted = {name.lower() for name in IMAGE_FOLDER_NAMES}
-    for entry in sorted(root.iterdir()):
-        if entry.is_dir() and entry.name.lower() in wanted:
-            return entry
+    found = find_entry(root, IMAGE_FOLDER_NAMES, folder=True)
+    if found is not None:
+        return found
     raise FileNotFoundError(
         f"No ISIC 2018 Task 3 test images in {root}: expected a folder {' or '.join(IMAGE_FOLDER_NAMES)}/ "
         "(unzip ISIC2018_Task3_Test_Input.zip there)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 from skinderm.data.errors import DataError, DataFileNotFoundError
@@ -85,13 +86,9 @@ def find_metadata_file(root: str | Path) -> Path:
         raise DataFileNotFoundError(
             f"HAM10000 folder {root} does not exist (set dataset.root to the download)."
         )
-    for name in METADATA_FILENAMES:
-        if (root / name).is_file():
-            return root / name
-    wanted = {name.lower() for name in METADATA_FILENAMES}
-    for entry in sorted(root.iterdir()):
-        if entry.is_file() and entry.name.lower() in wanted:
-            return entry
+    found = find_entry(root, METADATA_FILENAMES, folder=False)
+    if found is not None:
+        return found
     raise DataFileNotFoundError(
         f"No HAM10000 metadata in {root}: expected one of {', '.join(METADATA_FILENAMES)} "
         "(download it from Harvard Dataverse doi:10.7910/DVN/DBW86T or Kaggle)."
@@ -135,11 +132,18 @@ def find_image_folders(root: str | Path) -> list[Path]:
 
 def find_mask_folder(root: str | Path) -> Path | None:
     """The segmentation folder under `root`, or None when masks were not downloaded."""
-    root = Path(root)
-    exact = root / MASK_FOLDER_NAME
-    if exact.is_dir():
-        return exact
+    return find_entry(Path(root), (MASK_FOLDER_NAME,), folder=True)
+
+
+def find_entry(root: Path, names: Sequence[str], *, folder: bool) -> Path | None:
+    """The first of `names` under `root` spelt exactly, else in any letter case (downloads and unzip tools
+    change case); a folder or a file as asked; None when there is none."""
+    kind = Path.is_dir if folder else Path.is_file
+    for name in names:
+        if kind(root / name):
+            return root / name
+    wanted = {name.lower() for name in names}
     for entry in sorted(root.iterdir()):
-        if entry.is_dir() and entry.name.lower() == MASK_FOLDER_NAME.lower():
+        if kind(entry) and entry.name.lower() in wanted:
             return entry
     return None
