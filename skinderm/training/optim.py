@@ -4,6 +4,11 @@ Why: a randomly initialised tiny model learns the answer format within a few doz
 the image tokens is the slow part; raising the learning rate of the vision tower and its merger (the
 path from pixels to the language model) relative to the language model shortens that phase. With every
 multiplier at 1 the optimizer equals the trainer's default AdamW.
+
+Given the trainer's `TrainingArguments`, the optimizer is the one they name (`optim`: adamw_torch,
+adamw_torch_fused, paged_adamw_8bit, adamw_bnb_8bit, sgd, ...; with their betas, eps and `optim_args`),
+built by transformers' own `Trainer.get_optimizer_cls_and_kwargs`, so per-module learning rates do not
+silently swap a QLoRA run's paged or 8-bit optimizer for a plain AdamW. Without them: plain AdamW.
 """
 
 from __future__ import annotations
@@ -79,9 +84,40 @@ def build_optimizer(
     learning_rate: float,
     weight_decay: float,
     lr_multipliers: Mapping[str, float] | None,
-) -> torch.optim.AdamW:
-    """AdamW over `parameter_groups` (betas and eps as the Trainer's defaults)."""
+    training_args: Any = None,
+) -> torch.optim.Optimizer:
+    """The optimizer over `parameter_groups`: the one `training_args.optim` names, else plain AdamW.
+
+    Plain AdamW (no `training_args`) uses the Trainer's default betas and eps. Optimizers that build their
+    own parameter groups from the model (GaLore, LOMO, layer-wise, Muon-style factories) cannot take
+    per-module groups: ValueError naming the combination.
+    """
     groups = parameter_groups(
         model, learning_rate=learning_rate, weight_decay=weight_decay, lr_multipliers=lr_multipliers
     )
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    if training_args is None:
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.999), eps=1e-8)
+    from transformers import Trainer
+    from transformers.trainer_optimizer import is_optimizer_factory
+
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(training_args, model)
+    owns_groups = {"params", "model", "optimizer_dict"} & set(optimizer_kwargs)
+    if is_optimizer_factory(optimizer_cls) or owns_groups:
+        raise ValueError(
+            f"stage.lr_multipliers needs an optimizer that takes parameter groups; optim="
+            f"{training_args.optim} builds its own: drop stage.lr_multipliers or choose another optim"
+        )
+    optimizer = optimizer_cls(groups, **{**optimizer_kwargs, "lr": learning_rate})
+    if "bitsandbytes" in str(optimizer_cls) and optimizer_kwargs.get("optim_bits") == 8:
+        _embeddings_in_32_bit(model)
+    return optimizer
+
+
+def _embeddings_in_32_bit(model: torch.nn.Module) -> None:
+    """As the Trainer does for 8-bit bitsandbytes optimizers: embedding tables keep 32-bit optimizer state."""
+    import bitsandbytes
+
+    manager = bitsandbytes.optim.GlobalOptimManager.get_instance()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Embedding):
+            manager.register_module_override(module, "weight", {"optim_bits": 32})

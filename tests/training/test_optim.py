@@ -102,3 +102,49 @@ def test_build_optimizer_steps_with_group_learning_rates() -> None:
     optimizer.step()
     assert torch.equal(model.lm_head.weight, head_before)  # multiplier 0: frozen in effect
     assert not torch.equal(model.model.visual.merger[1].weight, merger_before)
+
+
+def _training_arguments(tmp_path, **kwargs):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **kwargs)
+
+
+def test_build_optimizer_honours_the_trainers_optim(tmp_path) -> None:
+    """Per-module learning rates keep the optimizer `optim` names (e.g. a QLoRA run's paged/8-bit one)."""
+    model = _QwenLike()
+    args = _training_arguments(tmp_path, optim="sgd", learning_rate=0.1)
+    optimizer = build_optimizer(
+        model, learning_rate=0.1, weight_decay=0.0, lr_multipliers={"vision": 3.0}, training_args=args
+    )
+    assert type(optimizer) is torch.optim.SGD
+    lr_by_family = {group["family"]: group["lr"] for group in optimizer.param_groups}
+    assert lr_by_family["vision"] == pytest.approx(0.3) and lr_by_family["lm_head"] == pytest.approx(0.1)
+
+
+def test_build_optimizer_takes_the_trainers_adam_settings(tmp_path) -> None:
+    args = _training_arguments(tmp_path, optim="adamw_torch", adam_beta2=0.95, adam_epsilon=1e-6)
+    optimizer = build_optimizer(
+        _QwenLike(), learning_rate=1e-3, weight_decay=0.0, lr_multipliers={"merger": 2.0}, training_args=args
+    )
+    assert type(optimizer) is torch.optim.AdamW
+    assert all(group["betas"] == (0.9, 0.95) and group["eps"] == 1e-6 for group in optimizer.param_groups)
+
+
+def test_optimizer_that_builds_its_own_groups_is_refused(tmp_path, monkeypatch) -> None:
+    from transformers import Trainer
+
+    args = _training_arguments(tmp_path)
+    monkeypatch.setattr(
+        Trainer,
+        "get_optimizer_cls_and_kwargs",
+        staticmethod(lambda a, m: (torch.optim.SGD, {"params": [], "lr": 1})),
+    )
+    with pytest.raises(ValueError, match=r"stage\.lr_multipliers.*builds its own"):
+        build_optimizer(
+            _QwenLike(),
+            learning_rate=1e-3,
+            weight_decay=0.0,
+            lr_multipliers={"vision": 2},
+            training_args=args,
+        )
