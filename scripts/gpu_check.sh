@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# One command for a CUDA machine without network: random Qwen2.5-VL at 3B and 7B shapes, LoRA SFT and GRPO
-# steps through skinderm's trainer layer; prints step time, generated tokens/s and peak GPU memory.
+# One command for a CUDA machine without network: random Qwen2.5-VL at 7B then 3B shapes, LoRA SFT and GRPO
+# steps through skinderm's trainer layer; prints step time, FLOPs/step, TFLOP/s, MFU (skinderm/training/
+# flops.py), generated tokens/s and peak GPU memory. ~8 minutes on one H200 (--deadline-s 450 skips a stage
+# that would end later; the wheel install adds ~20 s).
 #   bash scripts/gpu_check.sh --fetch-wheels   # HERE (has PyPI): wheels the GPU image lacks -> .whl/
 #   bash scripts/gpu_check.sh                  # THERE: installs .whl/*.whl (if any) into /tmp, then runs
 #   bash scripts/gpu_check.sh --tiny           # anywhere: tiny shapes, CPU if no GPU (tests use this)

@@ -22,13 +22,16 @@ def _gpu_check_module():
 
 @pytest.mark.parametrize(("size", "published"), [("3b", 3_754_622_976), ("7b", 8_292_166_656)])
 def test_shapes_have_the_published_parameter_counts(size: str, published: int) -> None:
-    """Built on the meta device: no memory, same config path the GPU run uses."""
+    """Built on the meta device: no memory, same config path the GPU run uses (and the time estimates'
+    parameter ratio)."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from skinderm.models.tiny import tiny_config, train_tiny_tokenizer
 
-    shape = _gpu_check_module().SHAPES[size]
+    module = _gpu_check_module()
+    shape = module.SHAPES[size]
+    assert module.PARAMETERS[size] == published
     config = tiny_config(
         train_tiny_tokenizer(1024),
         **{key: value for key, value in shape.items() if key != "tie_word_embeddings"},
@@ -78,4 +81,10 @@ def test_tiny_mode_runs_sft_and_grpo_and_writes_a_summary(tmp_path: Path, qlora:
     assert 0 < tiny["grpo"]["generated_tokens"] <= 2 * 8 * 16
     assert tiny["grpo"]["generated_tokens_per_s"] > 0
     assert tiny["sft"]["peak_gpu_memory_gib"] is None  # CPU
+    # FLOPs, TFLOP/s (skinderm.training.flops), no MFU on CPU (no peak)
+    for stage in ("sft", "grpo"):
+        row = tiny[stage]
+        assert row["model_flops_per_step"] > 0 and row["tflops"] > 0 and row["tokens_per_s"] > 0
+        assert row["mfu"] is None and row["hfu"] is None and row["peak_tflops"] is None
     assert "tiny  grpo" in result.stdout, "the human-readable table is printed"
+    assert "MFU" in result.stdout
