@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,20 @@ def _write_traceback(cfg: DictConfig | None) -> Path | None:
         return None
 
 
+# --- choices: the allowed values of a key are its type ----------------------------------------------------
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str-valued Enum whose member names are the allowed strings: a schema field of this type makes
+    OmegaConf refuse any other value with "expected one of [...]" (one line naming the key)."""
+    return Enum(name, {value: value for value in values}, type=str)  # type: ignore[return-value]
+
+
+OnError = _choices("OnError", ("raise", "skip"))
+Precision = _choices("Precision", ("float32", "bfloat16", "float16"))
+IouKind = _choices("IouKind", ("mask", "bbox"))
+ClassWeighting = _choices("ClassWeighting", ("none", "inverse_frequency"))
+LoggerMode = _choices("LoggerMode", ("offline", "online", "disabled"))
+
+
 # --- dataset -------------------------------------------------------------------------------------------
 @dataclass
 class SyntheticSchema:
@@ -139,7 +154,7 @@ class DatasetSchema:
     root: str = MISSING
     synthetic: SyntheticSchema | None = None
     splits: SplitsSchema = field(default_factory=SplitsSchema)
-    on_error: str = MISSING
+    on_error: OnError = MISSING  # type: ignore[valid-type]
     annotations_dir: str | None = None
 
 
@@ -220,7 +235,7 @@ class RewardWeightsSchema:
 
 @dataclass
 class DiagnosisRewardSchema:
-    class_weighting: str = MISSING
+    class_weighting: ClassWeighting = MISSING  # type: ignore[valid-type]
 
 
 @dataclass
@@ -231,7 +246,7 @@ class FormatRewardSchema:
 @dataclass
 class RewardSchema:
     weights: RewardWeightsSchema = field(default_factory=RewardWeightsSchema)
-    iou_kind: str = MISSING
+    iou_kind: IouKind = MISSING  # type: ignore[valid-type]
     diagnosis: DiagnosisRewardSchema = field(default_factory=DiagnosisRewardSchema)
     format: FormatRewardSchema = field(default_factory=FormatRewardSchema)
 
@@ -241,7 +256,7 @@ class RewardSchema:
 class HardwareSchema:
     name: str = MISSING
     use_cpu: bool = MISSING
-    precision: str = MISSING
+    precision: Precision = MISSING  # type: ignore[valid-type]
     tf32: bool = MISSING
     gradient_checkpointing: bool = MISSING
     attn_implementation: str | None = None
@@ -266,7 +281,7 @@ class WandbLoggerSchema:
     name: str = MISSING
     project: str = MISSING
     entity: str | None = None
-    mode: str = MISSING
+    mode: LoggerMode = MISSING  # type: ignore[valid-type]
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     log_completions: int = MISSING
@@ -531,17 +546,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_schema(cfg.logger, LOGGER_SCHEMAS[cfg.logger.name], "logger")
     check_schema(cfg.answer, AnswerSchema, "answer", where_to_fix="on the command line or in conf/train.yaml")
     check_schema(cfg.eval, EvalSchema, "eval", where_to_fix="on the command line or in conf/train.yaml")
-    _one_of(cfg.dataset.on_error, ("raise", "skip"), "dataset.on_error")
     _one_of(cfg.dataset.name, TRAINABLE_DATASETS, "dataset (for training)")
-    _one_of(cfg.hardware.precision, ("float32", "bfloat16", "float16"), "hardware.precision")
-    _one_of(cfg.reward.iou_kind, ("mask", "bbox"), "reward.iou_kind")
-    _one_of(
-        cfg.reward.diagnosis.class_weighting,
-        ("none", "inverse_frequency"),
-        "reward.diagnosis.class_weighting",
-    )
-    if cfg.logger.name == "wandb":
-        _one_of(cfg.logger.mode, ("offline", "online", "disabled"), "logger.mode")
     check_ranges(cfg, TRAIN_RANGES, top_level_file="conf/train.yaml")
     _check_cross_key_rules(cfg)
     if OmegaConf.is_missing(cfg.dataset, "root"):
@@ -633,7 +638,8 @@ def _check_hardware_switches(cfg: DictConfig) -> None:
         if hardware.vllm == "server" and not hardware.vllm_server_base_url:
             raise ConfigError(
                 "hardware.vllm=server needs hardware.vllm_server_base_url=http://<host>:8000, the address of "
-                "a running `trl vllm-serve --model <Stage 1 model folder>`"
+                "a running `trl vllm-serve --model <base model>` (model.name_or_path for a LoRA Stage 1; "
+                "TRL syncs the trained weights; docs/scaling.md)"
             )
 
 

@@ -30,17 +30,11 @@ def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
     """The evaluate command: predictions.jsonl, metrics.json, plots (and W&B) in cfg.paths.output_dir."""
     from skinderm.core.files import write_json_atomic
     from skinderm.core.hardware import configure_torch
-    from skinderm.core.runs import RunFolder
+    from skinderm.core.runs import METRICS_FILE, PREDICTIONS_FILE, RunFolder
     from skinderm.core.tracking import tracking_run
     from skinderm.data.splits import subsample
     from skinderm.evaluation.answering import evaluate_records
-    from skinderm.evaluation.report import (
-        METRICS_FILE,
-        PLOTS_DIR,
-        PREDICTIONS_FILE,
-        build_metrics,
-        write_plots,
-    )
+    from skinderm.evaluation.report import PLOTS_DIR, build_metrics, write_plots
 
     out = RunFolder(Path(cfg.paths.output_dir))
     choice = choose_model(cfg, overrides)

@@ -51,6 +51,7 @@ class ModuleLRSFTTrainer(ResumableTrainerMixin, SFTTrainer):
                 learning_rate=self.args.learning_rate,
                 weight_decay=self.args.weight_decay,
                 lr_multipliers=self._lr_multipliers,
+                training_args=self.args,  # honours `optim` (paged / 8-bit AdamW under QLoRA) too
             )
         return super().create_optimizer(model)
 
