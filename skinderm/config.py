@@ -123,7 +123,6 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 OnError = _choices("OnError", ("raise", "skip"))
 Precision = _choices("Precision", ("float32", "bfloat16", "float16"))
-IouKind = _choices("IouKind", ("mask", "bbox"))
 ClassWeighting = _choices("ClassWeighting", ("none", "inverse_frequency"))
 LoggerMode = _choices("LoggerMode", ("offline", "online", "disabled"))
 
@@ -188,7 +187,6 @@ class CommonStageSchema:
     name: str = MISSING
     max_steps: int = MISSING
     per_device_train_batch_size: int = MISSING
-    per_device_eval_batch_size: int = MISSING
     gradient_accumulation_steps: int = MISSING
     learning_rate: float = MISSING
     lr_scheduler_type: str = MISSING
@@ -198,10 +196,13 @@ class CommonStageSchema:
     logging_steps: int = MISSING
     save_steps: int = MISSING
     save_total_limit: int | None = None
+    # Other fields of TRL's SFTConfig / GRPOConfig, checked against them by skinderm.training.common.
+    trl: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class SFTStageSchema(CommonStageSchema):
+    per_device_eval_batch_size: int = MISSING
     class_balanced_sampling: bool = MISSING
     lr_multipliers: dict[str, float] | None = None
     eval_steps: int = MISSING
@@ -221,6 +222,7 @@ class GRPOStageSchema(CommonStageSchema):
     loss_type: str = MISSING
     scale_rewards: str = MISSING
     num_iterations: int = MISSING
+    disable_dropout: bool = MISSING
     train_max_samples: int | None = None
 
 
@@ -229,8 +231,12 @@ class GRPOStageSchema(CommonStageSchema):
 class RewardWeightsSchema:
     diagnosis: float = MISSING
     spatial: float = MISSING
-    iou: float = MISSING
+    bbox: float = MISSING
+    outline: float = MISSING
     format: float = MISSING
+    # Retired (replaced by bbox + outline): null in conf/reward/default.yaml so that an old override
+    # reaches the one-line message of skinderm.rewards.retired_key_error instead of Hydra's "not in struct".
+    iou: float | None = None
 
 
 @dataclass
@@ -244,10 +250,22 @@ class FormatRewardSchema:
 
 
 @dataclass
+class SpatialRewardSchema:
+    adjacent_credit: float = MISSING
+
+
+@dataclass
+class OutlineRewardSchema:
+    box_fallback: bool = MISSING
+
+
+@dataclass
 class RewardSchema:
     weights: RewardWeightsSchema = field(default_factory=RewardWeightsSchema)
-    iou_kind: IouKind = MISSING  # type: ignore[valid-type]
+    iou_kind: str | None = None  # retired, like weights.iou
     diagnosis: DiagnosisRewardSchema = field(default_factory=DiagnosisRewardSchema)
+    spatial: SpatialRewardSchema = field(default_factory=SpatialRewardSchema)
+    outline: OutlineRewardSchema = field(default_factory=OutlineRewardSchema)
     format: FormatRewardSchema = field(default_factory=FormatRewardSchema)
 
 
@@ -262,7 +280,7 @@ class HardwareSchema:
     attn_implementation: str | None = None
     torch_threads: int | None = None
     dataloader_num_workers: int = MISSING
-    # The accelerate config this option is meant to be launched with (documentation + `scripts/launch.sh`).
+    # The accelerate file `scripts/launch.sh <option>` launches with (conf/-relative).
     accelerate_config: str | None = None
     # DDP: false skips the per-step search for unused parameters (transformers' default is true for LoRA).
     ddp_find_unused_parameters: bool | None = None
@@ -448,7 +466,9 @@ TRAIN_RANGES: dict[str, Range] = {
     "stage.train_max_samples": OPTIONAL_COUNT,
     "reward.weights.diagnosis": NON_NEGATIVE,
     "reward.weights.spatial": NON_NEGATIVE,
-    "reward.weights.iou": NON_NEGATIVE,
+    "reward.weights.bbox": NON_NEGATIVE,
+    "reward.weights.outline": NON_NEGATIVE,
+    "reward.spatial.adjacent_credit": Range(low=0, high=1),  # above 1 a neighbour out-pays the true cell
     "reward.weights.format": NON_NEGATIVE,
     "hardware.torch_threads": OPTIONAL_COUNT,
     "hardware.dataloader_num_workers": NON_NEGATIVE_INT,
@@ -575,7 +595,12 @@ def _check_cross_key_rules(cfg: DictConfig) -> None:
             f"{splits.val_fraction} + {splits.test_fraction}: must be < 1 to leave images for training, "
             "e.g. dataset.splits.val_fraction=0.1 dataset.splits.test_fraction=0.2"
         )
-    weights = cfg.reward.weights
+    from skinderm.rewards import retired_key_error
+
+    retired = retired_key_error(to_plain(cfg.reward))
+    if retired is not None:
+        raise ConfigError(f"config key {retired}")
+    weights = {name: value for name, value in cfg.reward.weights.items() if value is not None}
     if not any(float(weights[name]) > 0 for name in weights):
         raise ConfigError(
             f"config keys 'reward.weights.*' are all 0 ({dict(weights)}): set at least one > 0, "

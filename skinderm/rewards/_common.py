@@ -2,7 +2,9 @@
 
 TRL calls `reward(completions, **columns)` where every dataset column arrives as a list aligned with
 `completions`. Ground-truth values are checked here, so that a None, a pandas NaN or a numpy number
-in a column is read as "no ground truth" or a number instead of raising mid-training.
+in a column is read as "no ground truth" or a number instead of raising mid-training. A row without
+ground truth for a term gets None from that term (TRL's "not applicable": left out of the weighted
+sum), never 0, which would pay every completion of that image alike and skew the logged means.
 """
 
 from __future__ import annotations
@@ -90,6 +92,10 @@ class RewardFunction:
         return f"{type(self).__name__}(name={self.__name__!r})"
 
 
-def checked_scores(scores: Iterable[float]) -> list[float]:
-    """Scores as plain floats in [0, 1] (a guard, not a fix: rewards compute values in range)."""
-    return [min(1.0, max(0.0, float(score))) for score in scores]
+def checked_scores(scores: Iterable[float | None]) -> list[float | None]:
+    """Scores as plain floats in [0, 1], None kept (a guard, not a fix: rewards compute values in range).
+
+    None means "no ground truth for this term on this row": TRL turns it into NaN and leaves the
+    term out of that completion's weighted sum (nansum), see `registry.weighted_total`.
+    """
+    return [None if score is None else min(1.0, max(0.0, float(score))) for score in scores]

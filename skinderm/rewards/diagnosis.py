@@ -69,7 +69,8 @@ def inverse_frequency_weights(class_counts: Mapping[str, int]) -> dict[str, floa
 class DiagnosisReward(RewardFunction):
     """1 (or min(1, w_true) under inverse_frequency) when exactly the true class is named, else 0.
 
-    Reads the dataset column `dx` (class code). See the module docstring for the weighting.
+    Reads the dataset column `dx` (class code); None for a row whose `dx` is not a class code (no
+    ground truth). See the module docstring for the weighting.
     """
 
     def __init__(self, class_weighting: str = "none", class_counts: Mapping[str, int] | None = None) -> None:
@@ -93,13 +94,16 @@ class DiagnosisReward(RewardFunction):
         # What a correct answer earns: the weight clipped to 1 so that rewards stay in [0, 1].
         self.correct_reward: dict[str, float] = {code: min(1.0, weight) for code, weight in weights.items()}
 
-    def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float]:
+    def __call__(self, completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         answers = parse_completions(completions)
         truths = ground_truth_column(kwargs, "dx", len(answers), self.__name__)
-        scores = []
+        scores: list[float | None] = []
         for answer, truth in zip(answers, truths, strict=True):
             code = truth_class(truth)
-            scores.append(self.correct_reward[code] if code is not None and answer.diagnosis == code else 0.0)
+            if code is None:  # no (known) true class: nothing to pay against
+                scores.append(None)
+            else:
+                scores.append(self.correct_reward[code] if answer.diagnosis == code else 0.0)
         return checked_scores(scores)
 
 

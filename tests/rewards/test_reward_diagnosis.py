@@ -85,8 +85,10 @@ def test_one_true_class_in_any_case_spacing_or_width_earns_the_full_reward(pair:
     assert WEIGHTED([completion], dx=[truth]) == [WEIGHTED.correct_reward[truth]]
 
 
-def test_missing_or_unknown_ground_truth_earns_zero() -> None:
-    assert diagnosis_reward([answer("mel")] * 3, dx=[None, "melanoma", float("nan")]) == [0.0, 0.0, 0.0]
+def test_missing_or_unknown_ground_truth_gives_none() -> None:
+    # None: TRL leaves the term out of those rows' weighted sums instead of paying them all 0.
+    assert diagnosis_reward([answer("mel")] * 3, dx=[None, "melanoma", float("nan")]) == [None, None, None]
+    assert diagnosis_reward([answer("mel"), answer("mel")], dx=[None, "mel"]) == [None, 1.0]
 
 
 def test_scores_align_with_their_ground_truth() -> None:

@@ -1,4 +1,5 @@
-"""Box and mask IoU rewards: continuous overlap in model space, 0 for anything unusable."""
+"""Box and outline IoU rewards: continuous overlap in model space, 0 for anything unusable, None for
+no ground truth. The outline term pays the polygon only; the filled box only under box_fallback."""
 
 from __future__ import annotations
 
@@ -13,8 +14,23 @@ import cv2
 import numpy as np
 import pytest
 
-from skinderm.rewards import bbox_iou_reward, mask_iou_reward
-from skinderm.rewards.iou import MaskTruth, box_iou, box_mask_iou, load_mask, polygon_mask_iou
+from skinderm.rewards import (
+    bbox_iou_reward,
+    get_outline_iou_reward,
+    mask_iou_reward,
+    outline_iou_reward,
+)
+from skinderm.rewards.iou import (
+    MaskTruth,
+    answer_mask_iou,
+    box_iou,
+    box_mask_iou,
+    load_mask,
+    outline_iou,
+    polygon_mask_iou,
+)
+
+BOX_FALLBACK = get_outline_iou_reward(box_fallback=True)
 
 W, H = 200, 100  # model-space size of the image the model saw
 
@@ -80,8 +96,8 @@ def test_missing_or_invalid_boxes_earn_zero(completion: str) -> None:
 @pytest.mark.parametrize(
     "truth", [None, float("nan"), [20, 20, 60], [60, 60, 20, 20], [20, 20, float("nan"), 60]]
 )
-def test_missing_or_invalid_ground_truth_earns_zero(truth: object) -> None:
-    assert box_reward([answer(bbox_2d=[20, 20, 60, 60])], truth) == [0.0]
+def test_missing_or_invalid_ground_truth_gives_none(truth: object) -> None:
+    assert box_reward([answer(bbox_2d=[20, 20, 60, 60]), answer()], truth) == [None, None]
 
 
 def test_without_a_model_size_the_box_is_compared_unclipped() -> None:
@@ -144,20 +160,31 @@ def rect_mask(tmp_path: Path) -> str:
     return write_mask(tmp_path / "rect.png", W, H, (40, 20, 120, 80))
 
 
-def mask_reward(completions: list, mask_path: object, width: object = W, height: object = H) -> list[float]:
+def mask_reward(
+    completions: list,
+    mask_path: object,
+    width: object = W,
+    height: object = H,
+    reward: object = outline_iou_reward,
+) -> list[float | None]:
     n = len(completions)
-    return mask_iou_reward(
+    return reward(  # type: ignore[operator]
         completions, mask_path=[mask_path] * n, model_width=[width] * n, model_height=[height] * n
     )
 
 
-def test_a_box_equal_to_the_mask_earns_one(rect_mask: str) -> None:
-    assert mask_reward([answer(bbox_2d=[40, 20, 120, 80])], rect_mask) == [1.0]
+def test_a_box_alone_earns_zero_on_the_outline_term_unless_the_fallback_is_asked_for(rect_mask: str) -> None:
+    exact_box = answer(bbox_2d=[40, 20, 120, 80])
+    assert mask_reward([exact_box], rect_mask) == [0.0]
+    assert mask_reward([exact_box], rect_mask, reward=BOX_FALLBACK) == [1.0]
+    assert mask_reward([exact_box], rect_mask, reward=mask_iou_reward) == [1.0]  # the legacy metric
 
 
-def test_a_box_on_the_mask_earns_its_pixel_iou(rect_mask: str) -> None:
+def test_with_the_fallback_a_box_on_the_mask_earns_its_pixel_iou(rect_mask: str) -> None:
     # [80, 20, 160, 80]: 40 x 60 overlap; union 2 * 80 * 60 - 2400
-    assert mask_reward([answer(bbox_2d=[80, 20, 160, 80])], rect_mask) == [pytest.approx(2400 / 7200)]
+    box = answer(bbox_2d=[80, 20, 160, 80])
+    assert mask_reward([box], rect_mask, reward=BOX_FALLBACK) == [pytest.approx(2400 / 7200)]
+    assert mask_reward([box], rect_mask) == [0.0]
 
 
 def test_a_polygon_tracing_the_mask_earns_about_one(rect_mask: str) -> None:
@@ -168,20 +195,39 @@ def test_a_polygon_tracing_the_mask_earns_about_one(rect_mask: str) -> None:
     assert 0.45 < score < 0.56
 
 
-def test_the_polygon_is_used_before_the_box(rect_mask: str) -> None:
+@pytest.mark.parametrize("reward", [outline_iou_reward, BOX_FALLBACK], ids=["default", "box_fallback"])
+def test_the_polygon_is_used_before_the_box(rect_mask: str, reward: object) -> None:
     polygon = [[0, 0], [10, 0], [10, 10]]  # far from the lesion
-    assert mask_reward([answer(polygon=polygon, bbox_2d=[40, 20, 120, 80])], rect_mask) == [0.0]
+    completion = answer(polygon=polygon, bbox_2d=[40, 20, 120, 80])
+    assert mask_reward([completion], rect_mask, reward=reward) == [0.0]
 
 
 @pytest.mark.parametrize("polygon", [[], [[40, 20]], [[40, 20], [119, 79]]])
-def test_a_polygon_of_fewer_than_three_points_falls_back_to_the_box(rect_mask: str, polygon: list) -> None:
-    assert mask_reward([answer(polygon=polygon, bbox_2d=[40, 20, 120, 80])], rect_mask) == [1.0]
-    assert mask_reward([answer(polygon=polygon)], rect_mask) == [0.0]
+def test_a_polygon_of_fewer_than_three_points_earns_zero_or_with_the_fallback_the_box(
+    rect_mask: str, polygon: list
+) -> None:
+    with_box = answer(polygon=polygon, bbox_2d=[40, 20, 120, 80])
+    assert mask_reward([with_box], rect_mask) == [0.0]
+    assert mask_reward([with_box], rect_mask, reward=BOX_FALLBACK) == [1.0]
+    assert mask_reward([answer(polygon=polygon)], rect_mask, reward=BOX_FALLBACK) == [0.0]
 
 
-def test_an_invalid_polygon_falls_back_to_the_box(rect_mask: str) -> None:
+def test_an_invalid_polygon_earns_zero_or_with_the_fallback_the_box(rect_mask: str) -> None:
     completion = '{"polygon": [[40, 20], [NaN, 20], [119, 79]], "bbox_2d": [40, 20, 120, 80]}'
-    assert mask_reward([completion], rect_mask) == [1.0]
+    assert mask_reward([completion], rect_mask) == [0.0]
+    assert mask_reward([completion], rect_mask, reward=BOX_FALLBACK) == [1.0]
+
+
+def test_evaluation_keeps_the_legacy_polygon_else_box_metric() -> None:
+    mask = np.zeros((H, W), bool)
+    mask[20:80, 40:120] = True
+    truth = MaskTruth.from_array(mask)
+    from skinderm.answers import parse_answer
+
+    box_only = parse_answer(answer(bbox_2d=[40, 20, 120, 80]))
+    assert answer_mask_iou(box_only, truth) == 1.0 == outline_iou(box_only, truth, box_fallback=True)
+    assert outline_iou(box_only, truth) == 0.0
+    assert answer_mask_iou(box_only, None) == 0.0
 
 
 def test_a_polygon_beyond_the_image_is_clipped_exactly(rect_mask: str) -> None:
@@ -221,7 +267,7 @@ def test_the_mask_is_resized_nearest_neighbour_to_model_size(tmp_path: Path) -> 
     truth = load_mask(original, W, H)
     assert truth is not None and truth.size == (W, H)
     assert truth.area == 80 * 60
-    assert mask_reward([answer(bbox_2d=[40, 20, 120, 80])], original) == [1.0]
+    assert mask_reward([answer(polygon=[[40, 20], [119, 20], [119, 79], [40, 79]])], original) == [1.0]
 
 
 def test_masks_are_cached_by_path_and_size(rect_mask: str) -> None:
@@ -232,26 +278,29 @@ def test_masks_are_cached_by_path_and_size(rect_mask: str) -> None:
         first.mask[0, 0] = True  # shared between calls: read-only
 
 
-def test_unreadable_mask_earns_zero_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_unreadable_mask_gives_none_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     missing = str(tmp_path / "missing.png")
     with caplog.at_level(logging.WARNING, logger="skinderm.rewards.iou"):
-        assert mask_reward([answer(bbox_2d=[40, 20, 120, 80])] * 2, missing) == [0.0, 0.0]
+        assert mask_reward([answer(bbox_2d=[40, 20, 120, 80])] * 2, missing) == [None, None]
     assert [record.getMessage().count("missing.png") for record in caplog.records] == [1]
 
 
 @pytest.mark.parametrize(
     ("mask_path", "width", "height"), [(None, W, H), ("", W, H), ("ok", None, H), ("ok", W, 0)]
 )
-def test_missing_ground_truth_earns_zero(
+def test_missing_ground_truth_gives_none(
     rect_mask: str, mask_path: object, width: object, height: object
 ) -> None:
     path = rect_mask if mask_path == "ok" else mask_path
-    assert mask_reward([answer(bbox_2d=[40, 20, 120, 80])], path, width, height) == [0.0]
+    polygon = [[40, 20], [119, 20], [119, 79], [40, 79]]
+    for reward in (outline_iou_reward, BOX_FALLBACK, mask_iou_reward):
+        assert mask_reward([answer(polygon=polygon)], path, width, height, reward=reward) == [None]
 
 
-def test_an_empty_mask_earns_zero(tmp_path: Path) -> None:
+def test_an_empty_mask_gives_none(tmp_path: Path) -> None:
+    # No lesion to outline: no answer could score, so the term is left out rather than paying 0.
     empty = write_mask(tmp_path / "empty.png", W, H, (0, 0, 0, 0))
-    assert mask_reward([answer(bbox_2d=[40, 20, 120, 80]), answer()], empty) == [0.0, 0.0]
+    assert mask_reward([answer(bbox_2d=[40, 20, 120, 80]), answer()], empty) == [None, None]
 
 
 def test_box_and_polygon_helpers_agree_on_a_rectangle() -> None:
@@ -265,6 +314,7 @@ def test_box_and_polygon_helpers_agree_on_a_rectangle() -> None:
 
 
 def test_iou_rewards_are_named_and_picklable() -> None:
-    for reward, name in ((bbox_iou_reward, "bbox_iou"), (mask_iou_reward, "mask_iou")):
+    named = ((bbox_iou_reward, "bbox_iou"), (outline_iou_reward, "outline_iou"), (mask_iou_reward, "mask_iou"))
+    for reward, name in named:
         assert reward.__name__ == name
         assert pickle.loads(pickle.dumps(reward)).__name__ == name

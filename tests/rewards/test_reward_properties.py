@@ -1,5 +1,5 @@
-"""Whatever the model writes and whatever the dataset holds, every reward returns one value in [0, 1]
-per completion and never raises."""
+"""Whatever the model writes and whatever the dataset holds, every reward returns one value per
+completion, a float in [0, 1] or None (no ground truth for that row), and never raises."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from skinderm.rewards import (
     format_reward,
     get_diagnosis_reward,
     get_format_reward,
+    get_outline_iou_reward,
     mask_iou_reward,
+    outline_iou_reward,
     spatial_reward,
 )
 
@@ -32,6 +34,8 @@ REWARDS = [
     get_diagnosis_reward("inverse_frequency", HAM10000_CLASS_COUNTS),
     spatial_reward,
     bbox_iou_reward,
+    outline_iou_reward,
+    get_outline_iou_reward(box_fallback=True),
     mask_iou_reward,
     format_reward,
     get_format_reward(list(ANSWER_FIELDS)),
@@ -83,7 +87,12 @@ def check_all_rewards(batch: list, columns: dict) -> None:
     for reward in REWARDS:
         scores = reward(batch, **columns)
         assert len(scores) == len(batch), reward.__name__
-        assert all(isinstance(s, float) and 0.0 <= s <= 1.0 for s in scores), (reward.__name__, scores)
+        assert all(s is None or (isinstance(s, float) and 0.0 <= s <= 1.0) for s in scores), (
+            reward.__name__,
+            scores,
+        )
+        if reward.__name__ == "format":  # needs no ground truth: always a score
+            assert None not in scores
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -137,7 +146,9 @@ def test_every_reward_handles_hand_written_edge_cases(mask_file: str) -> None:
         "model_height": [H] * n,
     }
     check_all_rewards(batch, columns)
-    assert mask_iou_reward(batch[:1], **{k: v[:1] for k, v in columns.items()})[0] > 0.3
+    first = {k: v[:1] for k, v in columns.items()}
+    assert mask_iou_reward(batch[:1], **first)[0] > 0.3
+    assert outline_iou_reward(batch[:1], **first)[0] > 0.3
 
 
 def test_bounded_time_on_megabyte_completions(mask_file: str) -> None:
