@@ -10,11 +10,19 @@ The ground truth is one-hot: header `image,MEL,NV,BCC,AKIEC,BKL,DF,VASC`, values
 out in the shape `prepare_dataset` returns (docs/architecture.md), all in split "test", with no masks
 (mask_available False, bbox/location None) and no patient metadata. Without a lesion grouping file
 every image is its own lesion, so bootstrap intervals resample images. No torch here.
+
+Each record also carries `score_weight`, the weight the challenge's own scorer (`isic-challenge-scoring`,
+`load_csv.parse_truth_csv`) gives the image, because the leaderboard number is a weighted balanced
+accuracy (skinderm.evaluation.metrics.weighted_balanced_accuracy): a truth file's `score_weight` column
+when it has one, else 1.0, and always 0.0 for ISIC_0035068, which that scorer hard-codes. A listed image
+of weight 0 whose file is absent is left out rather than raised on: it cannot change the official number.
+See docs/isic_scoring.md.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +41,17 @@ GROUND_TRUTH_NAME = "ISIC2018_Task3_Test_GroundTruth.csv"
 # The challenge's column order; each column is one of our class codes in upper case.
 GROUND_TRUTH_COLUMNS: tuple[str, ...] = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
 _SHOWN = 5  # offending ids listed in an error message
-# The columns of `prepare_dataset`'s frame: the annotation record, the split, absolute paths.
-RECORD_COLUMNS: tuple[str, ...] = (*ANNOTATION_COLUMNS, "split", "image_path_abs", "mask_path_abs")
+# The per-image weight column of a challenge truth file; the scorer's own name for it.
+SCORE_WEIGHT_COLUMN = "score_weight"
+# Images the official scorer weighs 0 whatever the truth file says: `parse_truth_csv` in
+# isic_challenge_scoring/load_csv.py sets score_weight and validation_weight of ISIC_0035068 to 0.0
+# ("TODO: Move this to ground truth"); earlier releases listed it as EXCLUDE_LABELS of Task 3.
+OFFICIAL_ZERO_WEIGHT_IMAGES: frozenset[str] = frozenset({"ISIC_0035068"})
+# The columns of `prepare_dataset`'s frame (the annotation record, the split, absolute paths), plus the
+# official scoring weight that the metrics honour.
+RECORD_COLUMNS: tuple[str, ...] = (
+    *ANNOTATION_COLUMNS, "split", "image_path_abs", "mask_path_abs", SCORE_WEIGHT_COLUMN,
+)  # fmt: skip
 
 
 def find_image_folder(root: Path) -> Path:
@@ -78,8 +95,42 @@ def find_ground_truth(root: Path) -> Path:
     )
 
 
+def _score_weights(
+    table: pd.DataFrame, columns: dict[str, str], image_ids: pd.Series, path: Path
+) -> list[float]:
+    """The official scorer's weight of each row: the score_weight column (default 1.0), ISIC_0035068 -> 0.
+
+    Stricter than the scorer on bad values (it would silently give NaN or a negative-weighted recall):
+    a weight that is not a finite number >= 0 is an error naming the image.
+    """
+    column = columns.get(SCORE_WEIGHT_COLUMN.upper())
+    if column is None:
+        weights = [1.0] * len(table)
+    else:
+        weights = []
+        for image_id, raw in zip(image_ids, table[column], strict=True):
+            try:
+                weight = float(raw)
+            except (TypeError, ValueError):
+                weight = math.nan
+            if not math.isfinite(weight) or weight < 0:
+                raise ValueError(
+                    f"Ground truth {path}: image {image_id} has {SCORE_WEIGHT_COLUMN}={raw!r}; "
+                    "expected a number >= 0"
+                )
+            weights.append(weight)
+    return [
+        0.0 if image_id in OFFICIAL_ZERO_WEIGHT_IMAGES else weight
+        for image_id, weight in zip(image_ids, weights, strict=True)
+    ]
+
+
 def read_ground_truth(path: Path) -> pd.DataFrame:
-    """image_id + dx (our lower-case code) from the one-hot CSV, validated row by row."""
+    """image_id, dx (our lower-case code) and score_weight from the one-hot CSV, validated row by row.
+
+    Other columns (the scorer's validation_weight, which only its secondary "validation" score uses)
+    are ignored.
+    """
     table = pd.read_csv(path, sep=sniff_delimiter(path), dtype=str, encoding="utf-8-sig")
     columns = {column.strip().upper(): column for column in table.columns}
     missing = [name for name in ("IMAGE", *GROUND_TRUTH_COLUMNS) if name not in columns]
@@ -111,7 +162,10 @@ def read_ground_truth(path: Path) -> pd.DataFrame:
     codes = [name.lower() for name in GROUND_TRUTH_COLUMNS]
     assert set(codes) == set(CLASS_CODES)
     dx = [codes[index] for index in onehot.to_numpy().argmax(axis=1)]
-    return pd.DataFrame({"image_id": image_ids.to_list(), "dx": dx})
+    weights = _score_weights(table, columns, image_ids, path)
+    if not any(weight > 0 for weight in weights):
+        raise ValueError(f"Ground truth {path}: every image has {SCORE_WEIGHT_COLUMN} 0, nothing is scored")
+    return pd.DataFrame({"image_id": image_ids.to_list(), "dx": dx, SCORE_WEIGHT_COLUMN: weights})
 
 
 def read_lesion_groupings(root: Path) -> dict[str, str] | None:
@@ -139,7 +193,9 @@ def read_isic2018_test(root: str | Path, *, on_error: str = "raise") -> pd.DataF
     """Every ground-truth image of the ISIC 2018 Task 3 test set as evaluation records (split "test").
 
     `on_error="raise"` stops at a listed image that is missing or unreadable; "skip" leaves such images
-    out and logs how many (and `frame.attrs["skipped"]` lists [image_id, reason]).
+    out and logs how many (and `frame.attrs["skipped"]` lists [image_id, reason]). A missing image of
+    score_weight 0 (ISIC_0035068) is left out and listed there under either setting: the official
+    balanced accuracy does not count it, so its absence is no reason to stop.
     """
     if on_error not in ("raise", "skip"):
         raise ValueError(f"dataset.on_error={on_error!r}: use raise or skip")
@@ -159,8 +215,12 @@ def read_isic2018_test(root: str | Path, *, on_error: str = "raise") -> pd.DataF
 
     records: list[dict[str, Any]] = []
     skipped: list[list[str]] = []
-    for image_id, dx in zip(truth["image_id"], truth["dx"], strict=True):
+    for image_id, dx, weight in zip(truth["image_id"], truth["dx"], truth[SCORE_WEIGHT_COLUMN], strict=True):
         path = files.get(image_id)
+        if path is None and weight == 0:
+            log.info("ISIC 2018: %s (score weight 0) has no image in %s; left out", image_id, image_folder)
+            skipped.append([image_id, f"no image file, and {SCORE_WEIGHT_COLUMN} 0: not scored officially"])
+            continue
         try:
             if path is None:
                 raise FileNotFoundError(f"Image {image_id} is in the ground truth but not in {image_folder}")
@@ -172,7 +232,9 @@ def read_isic2018_test(root: str | Path, *, on_error: str = "raise") -> pd.DataF
                 ) from None
             skipped.append([image_id, str(error)])
             continue
-        records.append(_record(root, path, image_id, dx, lesions.get(image_id, image_id), width, height))
+        records.append(
+            _record(root, path, image_id, dx, lesions.get(image_id, image_id), width, height, weight)
+        )
     if skipped:
         log.warning(
             "ISIC 2018: skipped %d listed images (missing or unreadable), first: %s", len(skipped), skipped[0]
@@ -189,7 +251,7 @@ def read_isic2018_test(root: str | Path, *, on_error: str = "raise") -> pd.DataF
 
 
 def _record(
-    root: Path, path: Path, image_id: str, dx: str, lesion_id: str, width: int, height: int
+    root: Path, path: Path, image_id: str, dx: str, lesion_id: str, width: int, height: int, weight: float
 ) -> dict[str, Any]:
     return {
         "image_id": image_id,
@@ -214,4 +276,5 @@ def _record(
         "split": "test",
         "image_path_abs": str(path),
         "mask_path_abs": None,
+        SCORE_WEIGHT_COLUMN: float(weight),
     }

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from skinderm.data.isic2018 import GROUND_TRUTH_COLUMNS, RECORD_COLUMNS, read_isic2018_test
+from skinderm.data.isic2018 import (
+    GROUND_TRUTH_COLUMNS,
+    OFFICIAL_ZERO_WEIGHT_IMAGES,
+    RECORD_COLUMNS,
+    SCORE_WEIGHT_COLUMN,
+    read_isic2018_test,
+)
 
 # image id -> (challenge column, size)
 IMAGES = {
@@ -28,8 +34,12 @@ def write_isic2018_test(
     images_folder: str = "ISIC2018_Task3_Test_Input",
     truth_in_folder: bool = False,
     images: dict[str, tuple[str, tuple[int, int]]] = IMAGES,
+    weight_columns: dict[str, dict[str, str]] | None = None,
 ) -> Path:
-    """A small copy of the official layout: JPEGs, the one-hot ground truth, the archive's extra files."""
+    """A small copy of the official layout: JPEGs, the one-hot ground truth, the archive's extra files.
+
+    `weight_columns` ({column: {image_id: cell}}) appends columns such as score_weight to the truth file,
+    as the challenge platform's newer truth files have them."""
     folder = root / images_folder
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -40,9 +50,12 @@ def write_isic2018_test(
     (folder / "ATTRIBUTION.txt").write_text("ISIC\n")
     truth_dir = root / "ISIC2018_Task3_Test_GroundTruth" if truth_in_folder else root
     truth_dir.mkdir(exist_ok=True)
-    lines = ["image," + ",".join(GROUND_TRUTH_COLUMNS)]
+    extra = weight_columns or {}
+    lines = ["image," + ",".join([*GROUND_TRUTH_COLUMNS, *extra])]
     for image_id, (column, _) in images.items():
-        lines.append(image_id + "," + ",".join("1.0" if c == column else "0.0" for c in GROUND_TRUTH_COLUMNS))
+        cells = ["1.0" if c == column else "0.0" for c in GROUND_TRUTH_COLUMNS]
+        cells += [values[image_id] for values in extra.values()]
+        lines.append(image_id + "," + ",".join(cells))
     (truth_dir / "ISIC2018_Task3_Test_GroundTruth.csv").write_text("\n".join(lines) + "\n")
     return root
 
@@ -132,3 +145,56 @@ def test_images_without_ground_truth_are_not_evaluated(tmp_path: Path) -> None:
     root = write_isic2018_test(tmp_path / "isic")
     Image.new("RGB", (60, 45)).save(root / "ISIC2018_Task3_Test_Input" / "ISIC_0099999.jpg")
     assert "ISIC_0099999" not in set(read_isic2018_test(root)["image_id"])
+
+
+# The official scorer's weights (isic_challenge_scoring/load_csv.py, parse_truth_csv).
+WITH_ZERO_WEIGHT_IMAGE = {**IMAGES, "ISIC_0035068": ("NV", (600, 450))}
+
+
+def test_every_image_weighs_1_except_the_one_the_official_scorer_weighs_0(tmp_path: Path) -> None:
+    assert {"ISIC_0035068"} == OFFICIAL_ZERO_WEIGHT_IMAGES
+    frame = read_isic2018_test(write_isic2018_test(tmp_path / "isic", images=WITH_ZERO_WEIGHT_IMAGE))
+    weights = dict(zip(frame["image_id"], frame[SCORE_WEIGHT_COLUMN], strict=True))
+    assert weights == {
+        image_id: 0.0 if image_id == "ISIC_0035068" else 1.0 for image_id in WITH_ZERO_WEIGHT_IMAGE
+    }
+
+
+def test_a_score_weight_column_is_honoured_and_isic_0035068_stays_0(tmp_path: Path) -> None:
+    cells = {image_id: str(0.5 * i) for i, image_id in enumerate(WITH_ZERO_WEIGHT_IMAGE)}
+    cells["ISIC_0035068"] = "1.0"  # the scorer overrides the file for this image
+    root = write_isic2018_test(
+        tmp_path / "isic",
+        images=WITH_ZERO_WEIGHT_IMAGE,
+        weight_columns={"score_weight": cells, "validation_weight": dict.fromkeys(cells, "1.0")},
+    )
+    frame = read_isic2018_test(root)
+    weights = dict(zip(frame["image_id"], frame[SCORE_WEIGHT_COLUMN], strict=True))
+    expected = {image_id: float(cell) for image_id, cell in cells.items()} | {"ISIC_0035068": 0.0}
+    assert weights == expected
+    assert weights["ISIC_0034524"] == 0.0, "a 0 in the file's column is kept (that image is not scored)"
+
+
+@pytest.mark.parametrize("bad", ["-1.0", "nan", "heavy", ""])
+def test_a_score_weight_that_is_not_a_number_at_least_0_is_named(tmp_path: Path, bad: str) -> None:
+    cells = dict.fromkeys(IMAGES, "1.0") | {"ISIC_0034527": bad}
+    root = write_isic2018_test(tmp_path / "isic", weight_columns={"score_weight": cells})
+    with pytest.raises(ValueError, match=r"ISIC_0034527 has score_weight"):
+        read_isic2018_test(root)
+
+
+def test_a_truth_file_that_scores_nothing_is_refused(tmp_path: Path) -> None:
+    root = write_isic2018_test(tmp_path / "isic", weight_columns={"score_weight": dict.fromkeys(IMAGES, "0")})
+    with pytest.raises(ValueError, match="nothing is scored"):
+        read_isic2018_test(root)
+
+
+def test_a_missing_image_of_weight_0_is_left_out_even_when_errors_raise(tmp_path: Path) -> None:
+    root = write_isic2018_test(tmp_path / "isic", images=WITH_ZERO_WEIGHT_IMAGE)
+    (root / "ISIC2018_Task3_Test_Input" / "ISIC_0035068.jpg").unlink()
+    frame = read_isic2018_test(root)  # on_error="raise"
+    assert "ISIC_0035068" not in set(frame["image_id"]) and len(frame) == len(IMAGES)
+    assert [image_id for image_id, _ in frame.attrs["skipped"]] == ["ISIC_0035068"]
+    (root / "ISIC2018_Task3_Test_Input" / "ISIC_0034524.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="ISIC_0034524"):
+        read_isic2018_test(root)
