@@ -10,6 +10,12 @@ the reward scores 0 (a hedge, a negation, an unknown word, a look-alike letter, 
 counts as wrong here. Box IoU is `skinderm.geometry.box_iou`, the reward's: a missing, inverted,
 zero-area or non-finite predicted box scores 0.
 
+Records may carry a per-image `score_weight` (the ISIC 2018 Task 3 test set's do: skinderm.data.isic2018).
+Then `balanced_accuracy` is the challenge scorer's weighted one (`weighted_balanced_accuracy`, matched to
+isic-challenge-scoring by scripts/check_isic_scoring.py) and `balanced_accuracy_unweighted` keeps the
+plain mean recall beside it; every other number still counts images. Records without weights (HAM10000,
+synthetic) get exactly the output they always had.
+
 Pure functions (numpy only; no torch, no scikit-learn), and the result is strict JSON: undefined
 values are None, never NaN.
 """
@@ -26,6 +32,7 @@ from skinderm.data.classes import CLASS_CODES
 from skinderm.geometry import box_iou, valid_box  # the one box IoU and box rule, the rewards' too
 
 UNPARSED = "unparsed"
+SCORE_WEIGHT = "score_weight"  # the optional per-image weight of the official ISIC scoring
 UNKNOWN_GROUP = "unknown"
 REQUIRED_KEYS: tuple[str, ...] = ("image_id", "dx_true", "dx_pred", "parse_ok")
 # (label, lower bound inclusive, upper bound exclusive) of the age-band subgroup table, in years.
@@ -86,6 +93,70 @@ def balanced_accuracy(
     tp, support, _ = _per_class_counts(y_true, y_pred, labels)
     present = support > 0
     return float(np.mean(tp[present] / support[present]))
+
+
+def weighted_balanced_accuracy(
+    y_true: Sequence[str],
+    y_pred: Sequence[str | None],
+    weights: Sequence[float],
+    labels: Sequence[str] = CLASS_CODES,
+) -> float:
+    """Balanced accuracy as the ISIC challenge scorer computes it: each image counts with its weight.
+
+    Per class, recall = (summed weight of its images predicted right) / (summed weight of its images);
+    the mean runs over the classes whose summed weight is > 0 (the scorer's 0/0 is NaN, which its
+    pandas mean skips). So a weight-0 image changes nothing, and with all weights 1 this is
+    `balanced_accuracy`. None in y_pred is wrong, like the scorer's "undecided" (a tie for the highest
+    probability), which lands on no diagonal cell. Source: `metrics._label_balanced_multiclass_accuracy`
+    in isic_challenge_scoring (docs/isic_scoring.md).
+    """
+    _validate_labels(y_true, y_pred, labels)
+    if len(weights) != len(y_true):
+        raise ValueError(f"y_true has {len(y_true)} entries but weights has {len(weights)}")
+    w = np.asarray(weights, dtype=float)
+    if w.size and (not np.isfinite(w).all() or (w < 0).any()):
+        raise ValueError("weights must be finite numbers >= 0")
+    index = {code: i for i, code in enumerate(labels)}
+    right = np.zeros(len(labels))
+    support = np.zeros(len(labels))
+    for truth, pred, weight in zip(y_true, y_pred, w, strict=True):
+        support[index[truth]] += weight
+        if pred == truth:
+            right[index[truth]] += weight
+    present = support > 0
+    if not present.any():
+        raise ValueError("weighted_balanced_accuracy needs at least one example of weight > 0")
+    return float(np.mean(right[present] / support[present]))
+
+
+def record_weights(records: Sequence[Mapping[str, Any]]) -> list[float] | None:
+    """The records' `score_weight`s, or None when no record has one (then nothing is weighted).
+
+    All or none: a mix means predictions from different sources were joined, and a silent default
+    would change the headline number, so it is a ValueError naming the first record without one.
+    """
+    present = [not is_missing(r.get(SCORE_WEIGHT)) for r in records]
+    if not any(present):
+        return None
+    if not all(present):
+        i = present.index(False)
+        raise ValueError(
+            f"prediction record {i} (image_id={records[i].get('image_id')!r}) has no {SCORE_WEIGHT} "
+            f"while others have one: weight all records (the ISIC test set's) or none"
+        )
+    weights = []
+    for i, record in enumerate(records):
+        try:
+            weight = float(record[SCORE_WEIGHT])
+        except (TypeError, ValueError):
+            weight = math.nan
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(
+                f"prediction record {i} (image_id={record.get('image_id')!r}) has "
+                f"{SCORE_WEIGHT}={record[SCORE_WEIGHT]!r}; expected a number >= 0"
+            )
+        weights.append(weight)
+    return weights
 
 
 def _macro_f1(tp: np.ndarray, support: np.ndarray, predicted: np.ndarray) -> float:
@@ -185,12 +256,16 @@ def compute_metrics(records: Sequence[Mapping[str, Any]], *, labels: Sequence[st
     Keys: n, parse_rate, n_unparsed, accuracy, balanced_accuracy, macro_f1, per_class,
     confusion_matrix (rows = `confusion_labels`, columns = `confusion_columns`, i.e. the labels then
     "unparsed"), majority_baseline, bbox, mask_mean_iou, mask_n, spatial_accuracy, spatial_n, subgroups.
+    When the records carry `score_weight` (see `record_weights`), balanced_accuracy is the weighted,
+    official one and two keys follow it: balanced_accuracy_unweighted (the plain mean recall) and
+    score_weights {n_weighted_zero, total}; per_class, the confusion matrix and the rest count images.
     """
     check_records(records)
     labels = list(labels)
     y_true = [r["dx_true"] for r in records]
     y_pred = [None if is_missing(r["dx_pred"]) else r["dx_pred"] for r in records]
     _validate_labels(y_true, y_pred, labels)
+    weights = record_weights(records)
     n = len(records)
     tp, support, predicted = _per_class_counts(y_true, y_pred, labels)
     present = support > 0
@@ -234,12 +309,25 @@ def compute_metrics(records: Sequence[Mapping[str, Any]], *, labels: Sequence[st
         ),
     }
 
+    balanced = float(np.mean(tp[present] / support[present]))
+    if weights is None:
+        balanced_keys: dict[str, Any] = {"balanced_accuracy": balanced}
+    else:
+        balanced_keys = {
+            "balanced_accuracy": weighted_balanced_accuracy(y_true, y_pred, weights, labels),
+            "balanced_accuracy_unweighted": balanced,
+            "score_weights": {
+                "n_weighted_zero": sum(weight == 0 for weight in weights),
+                "total": float(sum(weights)),
+            },
+        }
+
     return {
         "n": n,
         "parse_rate": sum(bool(r["parse_ok"]) for r in records) / n,
         "n_unparsed": sum(p is None for p in y_pred),
         "accuracy": float(tp.sum() / n),
-        "balanced_accuracy": float(np.mean(tp[present] / support[present])),
+        **balanced_keys,
         "macro_f1": _macro_f1(tp, support, predicted),
         "per_class": per_class,
         "confusion_matrix": confusion.tolist(),
