@@ -39,7 +39,7 @@ def test_bench_rewards_reports_every_reward_and_the_weighted_total() -> None:
         "spatial",
         "bbox_iou",
         "format",
-        "mask_iou",
-        "total(diagnosis+spatial+mask_iou)",
+        "outline_iou",
+        "total(diagnosis+spatial+bbox_iou+outline_iou)",
     ):
         assert f"\n{name} " in result.stdout, name

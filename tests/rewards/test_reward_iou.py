@@ -314,7 +314,11 @@ def test_box_and_polygon_helpers_agree_on_a_rectangle() -> None:
 
 
 def test_iou_rewards_are_named_and_picklable() -> None:
-    named = ((bbox_iou_reward, "bbox_iou"), (outline_iou_reward, "outline_iou"), (mask_iou_reward, "mask_iou"))
+    named = [
+        (bbox_iou_reward, "bbox_iou"),
+        (outline_iou_reward, "outline_iou"),
+        (mask_iou_reward, "mask_iou"),
+    ]
     for reward, name in named:
         assert reward.__name__ == name
         assert pickle.loads(pickle.dumps(reward)).__name__ == name

@@ -110,7 +110,7 @@ def test_retired_keys_fail_in_one_line_naming_the_new_keys(cfg: dict, key: str) 
 
 def test_retired_keys_left_null_are_ignored() -> None:
     cfg = {**config(weights__iou=None), "iou_kind": None}  # what conf/reward/default.yaml holds
-    funcs, weights = build_reward_functions(cfg, class_counts=None, answer_fields=ALL_FIELDS)
+    _, weights = build_reward_functions(cfg, class_counts=None, answer_fields=ALL_FIELDS)
     assert weights == [0.4, 0.3, 0.15, 0.15]
 
 
