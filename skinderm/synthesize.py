@@ -2,6 +2,10 @@
 
     python -m skinderm.synthesize out=/tmp/ham_synth dataset.synthetic.num_images=200
     python -m skinderm.synthesize                       # into the cache that dataset=synthetic trains on
+    python -m skinderm.synthesize out=/tmp/derm +dataset.synthetic.style=dermoscopy
+
+The dermoscopy style also writes `synthetic_oracle.json` (the Bayes classifier of the latent cues, scored
+on the splits dataset.splits makes) and prints its balanced accuracy per split: the ceiling for any model.
 
 Reuses the folder when it already holds a dataset made with the same parameters. Refuses (one `error:`
 line, exit code 2, nothing written) nonsense parameters and an `out=` folder holding files it did not write.
@@ -9,7 +13,9 @@ line, exit code 2, nothing written) nonsense parameters and an `out=` folder hol
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import hydra
 import pandas as pd
@@ -18,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from skinderm.config import user_errors_as_messages
 from skinderm.data import layout
 from skinderm.data.classes import CLASS_CODES
+from skinderm.data.dermoscopy import DEFAULT_SPLIT_PARAMS, SYNTHETIC_ORACLE_JSON, write_oracle
 from skinderm.data.errors import DataError
 from skinderm.data.synthetic import ensure_synthetic_dataset, is_synthetic_dataset_current
 from skinderm.progress import configure_progress_bars
@@ -35,6 +42,7 @@ def main(cfg: DictConfig) -> None:
         out = Path(cfg.out)
         reused = is_synthetic_dataset_current(out, **params)
         ensure_synthetic_dataset(out, **params)
+        oracle = _oracle(out, cfg) if params.get("style") == "dermoscopy" else None
     metadata = pd.read_csv(out / "HAM10000_metadata.csv")
     truth = pd.read_csv(out / layout.SYNTHETIC_GROUND_TRUTH_CSV)
     per_class = metadata["dx"].value_counts()
@@ -45,6 +53,29 @@ def main(cfg: DictConfig) -> None:
         f"satellite blob; ground truth in {layout.SYNTHETIC_GROUND_TRUTH_CSV}"
     )
     print("Per class: " + ", ".join(f"{dx} {int(per_class.get(dx, 0))}" for dx in CLASS_CODES))
+    if oracle is not None:
+        scores = ", ".join(
+            f"{name} {oracle[name]['balanced_accuracy']:.3f} (accuracy {oracle[name]['accuracy']:.3f})"
+            for name in ("train", "val", "test")
+            if name in oracle
+        )
+        print(
+            f"Oracle ceiling (Bayes classifier of the latents), balanced accuracy: {scores}; "
+            f"{SYNTHETIC_ORACLE_JSON}"
+        )
+
+
+def _oracle(out: Path, cfg: DictConfig) -> dict[str, Any]:
+    """The oracle on the splits this config makes: the generator wrote it for the default split
+    parameters; other dataset.splits values are scored here (same function as prepare_dataset)."""
+    splits = cfg.dataset.get("splits")
+    params = {**DEFAULT_SPLIT_PARAMS, **(OmegaConf.to_container(splits, resolve=True) if splits else {})}
+    path = out / SYNTHETIC_ORACLE_JSON
+    if path.is_file():
+        oracle = json.loads(path.read_text(encoding="utf-8"))
+        if oracle.get("split_params") == params:
+            return oracle
+    return write_oracle(out, params)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,17 @@
 """A synthetic HAM10000: the real folder layout, names and metadata values, with drawn lesions.
 
 Why: every stage of the pipeline (annotation, splits, SFT, GRPO, evaluation) must run end to end
-without the 3 GB download, and a tiny model must be able to *learn* from it. So each class gets a
-look that survives downscaling to 112x84 (its own hue and brightness, shape family and texture),
-lesions are placed uniformly over the 3x3 location grid, and `synthetic_ground_truth.csv` records
-the generator's own geometry of the main lesion so that annotation can be checked exactly.
+without the 3 GB download, and a tiny model must be able to *learn* from it. Two looks (`style`):
+
+- `simple` (the default): each class gets a look that survives downscaling to 112x84 (its own hue
+  and brightness, shape family and texture), lesions are placed uniformly over the 3x3 location grid.
+  Fast and easy: for tests.
+- `dermoscopy` (skinderm/data/dermoscopy.py): HAM10000-like framing, dermoscopic structures drawn
+  from class-conditional latent cues that overlap, class-independent artefacts (`acquisition`:
+  standard | shifted), and a known ceiling (`synthetic_oracle.json`).
+
+`synthetic_ground_truth.csv` records the generator's own geometry of the main lesion so that
+annotation can be checked exactly (and, for `dermoscopy`, each image's latents and artefacts).
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +33,15 @@ import pandas as pd
 from tqdm import tqdm
 
 from skinderm.core import files
-from skinderm.data import layout
+from skinderm.data import dermoscopy, layout
+from skinderm.data.annotation import default_workers, parallel_map
 from skinderm.data.classes import CLASS_CODES, HAM10000_CLASS_COUNTS, location_from_point
 from skinderm.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
 # Bump when the drawing changes, so cached folders (keyed by their parameters) are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: style and acquisition parameters (style=simple draws as version 1 did)
 FIRST_IMAGE_NUMBER = 24306  # HAM10000's first image is ISIC_0024306
 JPEG_QUALITY = 90
 
@@ -506,16 +515,22 @@ def generate_synthetic_ham10000(
     max_images_per_lesion: int = 3,
     multi_component_fraction: float = 0.1,
     missing_mask_fraction: float = 0.0,
+    style: str = "simple",
+    acquisition: str = "standard",
 ) -> Path:
     """Write a synthetic HAM10000 into `out_dir` (replacing an earlier synthetic one) and return it.
 
     `class_counts` are relative weights per dx code, scaled to `num_images` (exact when they sum to
-    it); None means HAM10000's own class mix. The `.complete` marker is written last.
+    it); None means HAM10000's own class mix. `style` is simple | dermoscopy; `acquisition`
+    (dermoscopy only) is standard | shifted: with the same seed, shifted draws the same lesions, classes
+    and latents under another device's artefacts (a paired out-of-distribution set). The metadata is
+    the same for every style and acquisition. The `.complete` marker is written last.
     """
     params = _normalise_params(
         num_images=num_images, seed=seed, image_width=image_width, image_height=image_height,
         class_counts=class_counts, max_images_per_lesion=max_images_per_lesion,
         multi_component_fraction=multi_component_fraction, missing_mask_fraction=missing_mask_fraction,
+        style=style, acquisition=acquisition,
     )  # fmt: skip
     out_dir = Path(out_dir)
     _clear_previous_output(out_dir)
@@ -533,52 +548,43 @@ def generate_synthetic_ham10000(
     n_no_mask = round(missing_mask_fraction * n_images)
     with_satellite = set(rng.choice(n_images, size=n_satellite, replace=False).tolist())
     without_mask = set(rng.choice(n_images, size=n_no_mask, replace=False).tolist())
-    looks = [
-        _lesion_look(dx, np.random.default_rng([seed, 1, lesion])) for lesion, dx in enumerate(lesion_dx)
-    ]
-    noise = _NoiseBank(np.random.default_rng([seed, 3]), image_width, image_height)
-
     part_dirs = [out_dir / name for name in layout.IMAGE_FOLDER_NAMES]
     mask_dir = out_dir / layout.MASK_FOLDER_NAME
     for folder in (*part_dirs, mask_dir):
         folder.mkdir(parents=True, exist_ok=True)
     first_part_size = (n_images + 1) // 2
-    truth_rows = []
-    progress = tqdm(range(n_images), desc="synthesize", unit="img", disable=None)
-    for index in progress:
-        image_id = str(metadata["image_id"].iloc[index])
-        drawn = draw_lesion_image(
-            looks[image_lesion[index]],
-            width=image_width,
-            height=image_height,
-            rng=np.random.default_rng([seed, 2, index]),
-            noise=noise,
-            satellite=index in with_satellite,
-        )
-        part = part_dirs[0] if index < first_part_size else part_dirs[1]
-        bgr = cv2.cvtColor(drawn.image_rgb, cv2.COLOR_RGB2BGR)
-        _write_image(part / layout.image_filename(image_id), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        has_mask = index not in without_mask
-        if has_mask:
-            _write_image(
-                mask_dir / layout.mask_filename(image_id), drawn.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1]
-            )
-        x1, y1, x2, y2 = drawn.bbox
-        cx, cy = drawn.centroid
-        truth_rows.append(
-            {
-                "image_id": image_id, "x1": x1, "y1": y1, "x2": x2, "y2": y2,
-                "location": location_from_point(cx, cy, image_width, image_height),
-                "n_components": drawn.n_components, "centroid_x": round(cx, 2), "centroid_y": round(cy, 2),
-                "area_fraction": round(drawn.lesion_pixels / (image_width * image_height), 6),
-                "has_mask": has_mask,
-            }
-        )  # fmt: skip
+    image_paths = [
+        (part_dirs[0] if index < first_part_size else part_dirs[1])
+        / layout.image_filename(str(metadata["image_id"].iloc[index]))
+        for index in range(n_images)
+    ]
+    mask_paths = [
+        None
+        if index in without_mask
+        else mask_dir / layout.mask_filename(str(metadata["image_id"].iloc[index]))
+        for index in range(n_images)
+    ]
+    if params["style"] == "dermoscopy":
+        rows = _draw_dermoscopy(params, lesion_dx, image_lesion, with_satellite, image_paths, mask_paths)
+    else:
+        rows = _draw_simple(params, lesion_dx, image_lesion, with_satellite, image_paths, mask_paths)
+    truth_rows = [
+        {"image_id": str(metadata["image_id"].iloc[index]), **row, "has_mask": mask_paths[index] is not None}
+        for index, row in enumerate(rows)
+    ]
 
     metadata_csv = metadata.sort_values(["lesion_id", "image_id"]).to_csv(index=False)
     files.atomic_write_text(out_dir / "HAM10000_metadata.csv", metadata_csv)
-    truth_csv = pd.DataFrame(truth_rows, columns=list(GROUND_TRUTH_COLUMNS)).to_csv(index=False)
+    columns = list(GROUND_TRUTH_COLUMNS)
+    if params["style"] == "dermoscopy":
+        columns += list(DERMOSCOPY_TRUTH_COLUMNS)
+    truth_csv = pd.DataFrame(truth_rows, columns=columns).to_csv(index=False)
     files.atomic_write_text(out_dir / layout.SYNTHETIC_GROUND_TRUTH_CSV, truth_csv)
+    if params["style"] == "dermoscopy":
+        oracle = dermoscopy.write_oracle(out_dir)
+        log.info("Oracle (Bayes classifier of the latents) balanced accuracy: %s", {
+            name: oracle[name]["balanced_accuracy"] for name in ("train", "val", "test") if name in oracle
+        })  # fmt: skip
     marker = {"generator_version": GENERATOR_VERSION, "params": params, "num_lesions": n_lesions}
     files.atomic_write_text(out_dir / layout.COMPLETE_MARKER, json.dumps(marker, indent=2, sort_keys=True))
     log.info(
@@ -586,6 +592,145 @@ def generate_synthetic_ham10000(
         n_images, n_lesions, out_dir, n_no_mask, n_satellite,
     )  # fmt: skip
     return out_dir
+
+
+DERMOSCOPY_TRUTH_COLUMNS: tuple[str, ...] = (
+    "jpeg_quality", "n_hairs", "n_bubbles", "ruler", "dark_corners", *dermoscopy.LATENT_COLUMNS, "oracle_dx",
+)  # fmt: skip
+
+
+def _draw_simple(
+    params: Mapping[str, Any],
+    lesion_dx: list[str],
+    image_lesion: list[int],
+    with_satellite: set[int],
+    image_paths: list[Path],
+    mask_paths: list[Path | None],
+) -> list[dict[str, Any]]:
+    """The `simple` style (the streams of generator version 1, image for image): writes every image
+    and mask, returns the ground-truth geometry per image."""
+    seed, width, height = params["seed"], params["image_width"], params["image_height"]
+    looks = [
+        _lesion_look(dx, np.random.default_rng([seed, 1, lesion])) for lesion, dx in enumerate(lesion_dx)
+    ]
+    noise = _NoiseBank(np.random.default_rng([seed, 3]), width, height)
+    rows = []
+    for index in tqdm(range(len(image_paths)), desc="synthesize", unit="img", disable=None):
+        drawn = draw_lesion_image(
+            looks[image_lesion[index]], width=width, height=height,
+            rng=np.random.default_rng([seed, 2, index]), noise=noise, satellite=index in with_satellite,
+        )  # fmt: skip
+        bgr = cv2.cvtColor(drawn.image_rgb, cv2.COLOR_RGB2BGR)
+        _write_image(image_paths[index], bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        mask_path = mask_paths[index]
+        if mask_path is not None:
+            _write_image(mask_path, drawn.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        x1, y1, x2, y2 = drawn.bbox
+        cx, cy = drawn.centroid
+        rows.append(
+            {
+                "x1": x1, "y1": y1, "x2": x2, "y2": y2,
+                "location": location_from_point(cx, cy, width, height),
+                "n_components": drawn.n_components, "centroid_x": round(cx, 2), "centroid_y": round(cy, 2),
+                "area_fraction": round(drawn.lesion_pixels / (width * height), 6),
+            }
+        )  # fmt: skip
+    return rows
+
+
+@dataclass(frozen=True)
+class _DermoscopyJob:
+    """Everything one worker needs to draw and write one dermoscopy-style image (picklable)."""
+
+    index: int
+    seed: int
+    width: int
+    height: int
+    acquisition: str
+    latents: dict[str, Any]
+    geometry: dermoscopy.LesionGeometry
+    satellite: bool
+    oracle_dx: str
+    image_path: Path
+    mask_path: Path | None
+
+
+def _dermoscopy_job(job: _DermoscopyJob) -> dict[str, Any]:
+    """Draw and write one image (and mask); return its ground-truth row. Module level: runs in workers."""
+    banks = dermoscopy.banks_for(job.width, job.height, job.seed)
+    drawn = dermoscopy.draw_dermoscopy_image(
+        job.latents, job.geometry, dermoscopy.ACQUISITION_PRESETS[job.acquisition],
+        width=job.width, height=job.height, rng=np.random.default_rng([job.seed, 13, job.index]),
+        banks=banks, satellite=job.satellite,
+    )  # fmt: skip
+    bgr = cv2.cvtColor(drawn.image_rgb, cv2.COLOR_RGB2BGR)
+    _write_image(job.image_path, bgr, [cv2.IMWRITE_JPEG_QUALITY, drawn.jpeg_quality])
+    if job.mask_path is not None:
+        _write_image(job.mask_path, drawn.mask, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return {
+        **dermoscopy.ground_truth_row(drawn, job.width, job.height),
+        "jpeg_quality": drawn.jpeg_quality, **drawn.artefacts,
+        **{dermoscopy.LATENT_PREFIX + name: value for name, value in job.latents.items()},
+        "oracle_dx": job.oracle_dx,
+    }  # fmt: skip
+
+
+# Below this many images per process, starting processes costs more than it saves (~1 s each).
+_IMAGES_PER_WORKER = 300
+_MAX_WORKERS = 8
+
+
+def _main_module_is_importable() -> bool:
+    """True when spawned workers can safely re-import `__main__`: a module run with `python -m` (the
+    entrypoints, `python -m pytest`), whose top level is import-safe. A plain script calling the
+    generator at its top level would be re-run by every worker (and hang the pool), so it gets one process.
+    """
+    return getattr(sys.modules.get("__main__"), "__spec__", None) is not None
+
+
+def _draw_dermoscopy(
+    params: Mapping[str, Any],
+    lesion_dx: list[str],
+    image_lesion: list[int],
+    with_satellite: set[int],
+    image_paths: list[Path],
+    mask_paths: list[Path | None],
+) -> list[dict[str, Any]]:
+    """The `dermoscopy` style, on all cores for large sets (results do not depend on the worker count).
+
+    Latents and geometry have their own streams per lesion, which the acquisition does not touch: the
+    same seed under `shifted` gives the same lesions and latents (framing quantiles too).
+    """
+    seed, width, height = params["seed"], params["image_width"], params["image_height"]
+    acquisition = dermoscopy.ACQUISITION_PRESETS[params["acquisition"]]
+    latents = [
+        dermoscopy.sample_latents(dx, np.random.default_rng([seed, 11, i])) for i, dx in enumerate(lesion_dx)
+    ]
+    geometries = [
+        dermoscopy.lesion_geometry(z, acquisition, np.random.default_rng([seed, 12, i]))
+        for i, z in enumerate(latents)
+    ]
+    oracle_dx = dermoscopy.oracle_predictions(pd.DataFrame(latents))
+    jobs = [
+        _DermoscopyJob(
+            index=index,
+            seed=seed,
+            width=width,
+            height=height,
+            acquisition=acquisition.name,
+            latents=latents[lesion],
+            geometry=geometries[lesion],
+            satellite=index in with_satellite,
+            oracle_dx=oracle_dx[lesion],
+            image_path=image_paths[index],
+            mask_path=mask_paths[index],
+        )
+        for index, lesion in enumerate(image_lesion)
+    ]
+    workers = max(1, min(_MAX_WORKERS, default_workers(), len(jobs) // _IMAGES_PER_WORKER))
+    if not _main_module_is_importable():
+        workers = 1
+    return parallel_map(_dermoscopy_job, jobs, workers=workers, desc="synthesize", unit="img")
 
 
 def is_synthetic_dataset_current(out_dir: str | Path, **params: Any) -> bool:
@@ -650,6 +795,16 @@ def _normalise_params(**params: Any) -> dict[str, Any]:
     bound["max_images_per_lesion"] = _whole_number("max_images_per_lesion", bound["max_images_per_lesion"], 1)
     for name in ("multi_component_fraction", "missing_mask_fraction"):
         bound[name] = _fraction(name, bound[name])
+    for name, allowed_values in (("style", dermoscopy.STYLES), ("acquisition", dermoscopy.ACQUISITIONS)):
+        if bound[name] not in allowed_values:
+            raise DataError(
+                f"dataset.synthetic.{name} must be one of {', '.join(allowed_values)}, got {bound[name]!r}."
+            )
+    if bound["style"] == "simple" and bound["acquisition"] != "standard":
+        raise DataError(
+            "dataset.synthetic.acquisition=shifted needs dataset.synthetic.style=dermoscopy "
+            "(the simple style has no acquisition artefacts to shift)."
+        )
     return bound
 
 
@@ -753,7 +908,7 @@ def _clear_previous_output(out_dir: Path) -> None:
     for name in (
         layout.COMPLETE_MARKER, "HAM10000_metadata.csv", layout.SYNTHETIC_GROUND_TRUTH_CSV,
         layout.ANNOTATIONS_JSON, layout.ANNOTATIONS_CSV, layout.ANNOTATIONS_SUMMARY_JSON, layout.SKIPPED_CSV,
-        layout.SPLITS_CSV, layout.SPLITS_PARAMS_JSON,
+        layout.SPLITS_CSV, layout.SPLITS_PARAMS_JSON, dermoscopy.SYNTHETIC_ORACLE_JSON,
     ):  # fmt: skip
         (out_dir / name).unlink(missing_ok=True)
     for name in (*layout.IMAGE_FOLDER_NAMES, layout.MASK_FOLDER_NAME):

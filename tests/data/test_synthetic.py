@@ -26,9 +26,27 @@ from skinderm.data.synthetic import (
 )
 
 TINY = {"num_images": 24, "seed": 3, "image_width": 120, "image_height": 90}
+# Both styles must write the same HAM10000 layout: the tests below that take `style` run on each.
+STYLES = ["simple", "dermoscopy"]
 
 
-def test_layout_has_ham10000_names_and_columns(small_synthetic: Path, small_synthetic_params: dict) -> None:
+@pytest.fixture(scope="module")
+def small_dermoscopy(tmp_path_factory: pytest.TempPathFactory, small_synthetic_params: dict) -> Path:
+    """The session dataset's parameters in the dermoscopy style."""
+    return generate_synthetic_ham10000(
+        tmp_path_factory.mktemp("dermoscopy") / "ham", **{**small_synthetic_params, "style": "dermoscopy"}
+    )
+
+
+@pytest.fixture
+def styled(request: pytest.FixtureRequest) -> Path:
+    """The small dataset in the style the test is parametrised with."""
+    return request.getfixturevalue("small_synthetic" if request.param == "simple" else "small_dermoscopy")
+
+
+@pytest.mark.parametrize("styled", STYLES, indirect=True)
+def test_layout_has_ham10000_names_and_columns(styled: Path, small_synthetic_params: dict) -> None:
+    small_synthetic = styled
     entries = {p.name for p in small_synthetic.iterdir()}
     assert {
         "HAM10000_metadata.csv", "HAM10000_images_part_1", "HAM10000_images_part_2",
@@ -46,7 +64,9 @@ def test_layout_has_ham10000_names_and_columns(small_synthetic: Path, small_synt
     assert sorted(part_1 + part_2) == sorted(f"{i}.jpg" for i in metadata["image_id"])
 
 
-def test_metadata_values_come_from_ham10000_value_sets(small_synthetic: Path) -> None:
+@pytest.mark.parametrize("styled", STYLES, indirect=True)
+def test_metadata_values_come_from_ham10000_value_sets(styled: Path) -> None:
+    small_synthetic = styled
     metadata = pd.read_csv(small_synthetic / "HAM10000_metadata.csv")
     assert set(metadata["dx"]) == set(CLASS_CODES)
     assert set(metadata["dx_type"]) <= {"histo", "follow_up", "consensus", "confocal"}
@@ -59,7 +79,9 @@ def test_metadata_values_come_from_ham10000_value_sets(small_synthetic: Path) ->
     assert ((ages % 5 == 0) & (ages >= 0) & (ages <= 85)).all()
 
 
-def test_images_of_one_lesion_share_diagnosis_and_metadata(small_synthetic: Path) -> None:
+@pytest.mark.parametrize("styled", STYLES, indirect=True)
+def test_images_of_one_lesion_share_diagnosis_and_metadata(styled: Path) -> None:
+    small_synthetic = styled
     metadata = pd.read_csv(small_synthetic / "HAM10000_metadata.csv")
     per_lesion = metadata.groupby("lesion_id").nunique(dropna=False)
     assert (per_lesion[["dx", "dx_type", "sex", "localization", "dataset"]] == 1).all().all()
@@ -67,7 +89,9 @@ def test_images_of_one_lesion_share_diagnosis_and_metadata(small_synthetic: Path
     assert metadata.groupby("lesion_id").size().max() <= 3
 
 
-def test_images_are_jpeg_and_masks_single_channel_binary_of_the_same_size(small_synthetic: Path) -> None:
+@pytest.mark.parametrize("styled", STYLES, indirect=True)
+def test_images_are_jpeg_and_masks_single_channel_binary_of_the_same_size(styled: Path) -> None:
+    small_synthetic = styled
     masks = sorted((small_synthetic / layout.MASK_FOLDER_NAME).iterdir())
     for mask_path in masks[:10]:
         image_id = mask_path.name.removesuffix("_segmentation.png")
@@ -79,12 +103,30 @@ def test_images_are_jpeg_and_masks_single_channel_binary_of_the_same_size(small_
         assert set(np.unique(np.asarray(Image.open(mask_path)))) == {0, 255}
 
 
-def test_missing_mask_fraction_leaves_masks_out(small_synthetic: Path) -> None:
+@pytest.mark.parametrize("styled", STYLES, indirect=True)
+def test_missing_mask_fraction_leaves_masks_out(styled: Path) -> None:
+    small_synthetic = styled
     truth = pd.read_csv(small_synthetic / layout.SYNTHETIC_GROUND_TRUTH_CSV)
     masks = {p.name for p in (small_synthetic / layout.MASK_FOLDER_NAME).iterdir()}
     assert (~truth["has_mask"]).sum() == 7  # 10 % of 70
     for row in truth.itertuples():
         assert (layout.mask_filename(row.image_id) in masks) == row.has_mask
+
+
+@pytest.mark.parametrize("styled", STYLES, indirect=True)
+def test_annotation_agrees_with_the_ground_truth_on_every_image(styled: Path, tmp_path: Path) -> None:
+    """Largest 8-connected component, exact: irregular, holed and border-touching masks included."""
+    from skinderm.data.annotation import annotate_dataset
+
+    records = annotate_dataset(styled, out_dir=tmp_path / "out", workers=1).set_index("image_id")
+    truth = pd.read_csv(styled / layout.SYNTHETIC_GROUND_TRUTH_CSV, keep_default_na=False)
+    assert records["mask_available"].sum() == truth["has_mask"].sum() == 63
+    for row in truth[truth["has_mask"]].itertuples():
+        record = records.loc[row.image_id]
+        assert record.bbox == [row.x1, row.y1, row.x2, row.y2]
+        assert (record.location, record.n_components) == (row.location, row.n_components)
+        assert record.centroid == [row.centroid_x, row.centroid_y]
+        assert record.area_fraction == pytest.approx(row.area_fraction, abs=1e-6)
 
 
 def test_satellite_is_smaller_than_the_main_lesion_and_does_not_touch_it(small_synthetic: Path) -> None:
