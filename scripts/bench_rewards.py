@@ -28,23 +28,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import cv2
 import numpy as np
 
-from skinderm.answers import format_answer
+from skinderm.answers import ANSWER_FIELDS, format_answer
 from skinderm.data.classes import CLASS_CODES, LOCATIONS, location_from_point
 from skinderm.rewards import (
     bbox_iou_reward,
     build_reward_functions,
     diagnosis_reward,
     format_reward,
-    mask_iou_reward,
+    outline_iou_reward,
     spatial_reward,
     weighted_total,
 )
-from skinderm.rewards.iou import load_mask
+from skinderm.rewards.iou import load_mask, load_outline_truth
 
 GOAL_PER_SECOND = 10_000
 DEFAULT_REWARD_CFG = {
-    "weights": {"diagnosis": 0.4, "spatial": 0.3, "iou": 0.3, "format": 0.0},
-    "iou_kind": "mask",
+    "weights": {"diagnosis": 0.4, "spatial": 0.3, "bbox": 0.15, "outline": 0.15, "format": 0.0},
+    "spatial": {"adjacent_credit": 0.5},
+    "outline": {"box_fallback": False},
     "diagnosis": {"class_weighting": "none"},
     "format": {"required_fields": ["diagnosis", "location", "bbox_2d"]},
 }
@@ -165,17 +166,20 @@ def main() -> None:
         print(f"{n} completions, {args.masks} masks, model input {args.width}x{args.height}, {where}")
 
         load_mask.cache_clear()
+        load_outline_truth.cache_clear()
         start = time.perf_counter()
-        mask_scores = mask_iou_reward(completions, **columns)
+        mask_scores = outline_iou_reward(completions, **columns)
         cold = time.perf_counter() - start
 
         results: list[tuple[str, float, float, bool]] = []
-        for reward in (diagnosis_reward, spatial_reward, bbox_iou_reward, format_reward, mask_iou_reward):
+        for reward in (diagnosis_reward, spatial_reward, bbox_iou_reward, format_reward, outline_iou_reward):
             seconds = best_time(lambda reward=reward: reward(completions, **columns), args.repeats)
             mean = sum(reward(completions, **columns)) / n
-            results.append((reward.__name__, n / seconds, mean, reward is not mask_iou_reward))
+            results.append((reward.__name__, n / seconds, mean, reward is not outline_iou_reward))
 
-        funcs, weights = build_reward_functions(DEFAULT_REWARD_CFG, class_counts=None)
+        funcs, weights = build_reward_functions(
+            DEFAULT_REWARD_CFG, class_counts=None, answer_fields=ANSWER_FIELDS
+        )
         names = [func.__name__ for func in funcs]
 
         def default_total() -> list[float]:
@@ -192,7 +196,7 @@ def main() -> None:
         if has_goal and rate < GOAL_PER_SECOND:
             failed.append(name)
         print(f"{name:<38} {rate:>14,.0f} {mean:>7.3f}  {verdict}")
-    cold_label = "mask_iou, cold mask cache"
+    cold_label = "outline_iou, cold mask cache"
     print(f"{cold_label:<38} {n / cold:>14,.0f} {sum(mask_scores) / n:>7.3f}  (includes reading masks)")
     if failed and args.strict:
         raise SystemExit(f"below {GOAL_PER_SECOND:,} completions/s: {', '.join(failed)}")

@@ -24,7 +24,12 @@ if [[ $# -lt 1 || "$1" == -* ]]; then
 fi
 hardware="$1"
 shift
-config="$repo/conf/accelerate/$hardware.yaml"
+# The accelerate file is the one the hardware option names (its `accelerate_config` key).
+accelerate_config=""
+if [[ -f "$repo/conf/hardware/$hardware.yaml" ]]; then
+  accelerate_config="$(sed -n 's/^accelerate_config: *//p' "$repo/conf/hardware/$hardware.yaml")"
+fi
+config="$repo/conf/${accelerate_config:-accelerate/$hardware.yaml}"
 if [[ ! -f "$config" || ! -f "$repo/conf/hardware/$hardware.yaml" ]]; then
   echo "error: hardware=$hardware has no conf/accelerate/$hardware.yaml + conf/hardware/$hardware.yaml;" \
     "use one of: $(cd "$repo/conf/accelerate" && ls ./*.yaml | sed 's|./||; s|\.yaml||' | tr '\n' ' ')" >&2

@@ -10,7 +10,7 @@ import pytest
 from skinderm.answers import parse_answer
 from skinderm.conversations import ExampleBuilder, build_prompt, mask_polygon
 from skinderm.data.prepare import prepare_dataset
-from skinderm.rewards import bbox_iou_reward, diagnosis_reward, mask_iou_reward, spatial_reward
+from skinderm.rewards import bbox_iou_reward, diagnosis_reward, outline_iou_reward, spatial_reward
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_target_answers_earn_full_rewards_in_model_space(records: list[dict]) ->
     assert spatial_reward(answers, **columns) == [1.0] * len(answers)
     assert min(bbox_iou_reward(answers, **columns)) == pytest.approx(1.0)
     # The simplified polygon (<= 16 points) of a smooth blob covers most of its mask.
-    assert float(np.mean(mask_iou_reward(answers, **columns))) > 0.8
+    assert float(np.mean(outline_iou_reward(answers, **columns))) > 0.8
 
 
 def test_images_are_decoded_at_the_size_the_answer_coordinates_use(records: list[dict]) -> None:

@@ -95,10 +95,16 @@ TRAIN_CASES = [
     (("dataset.synthetic.image_width=0",), "'dataset.synthetic.image_width' = 0"),
     (("dataset.splits.val_fraction=0.5", "dataset.splits.test_fraction=0.5"), "must be < 1 to leave images"),
     (
-        ("reward.weights.diagnosis=0", "reward.weights.spatial=0", "reward.weights.iou=0"),
+        (
+            "reward.weights.diagnosis=0",
+            "reward.weights.spatial=0",
+            "reward.weights.bbox=0",
+            "reward.weights.outline=0",
+        ),
         "'reward.weights.*' are all 0",
     ),
-    (("reward.weights.iou=-0.1",), "'reward.weights.iou' = -0.1"),
+    (("reward.weights.bbox=-0.1",), "'reward.weights.bbox' = -0.1"),
+    (("reward.weights.iou=0.3",), "reward.weights.iou = 0.3 is retired"),
     (("reward.format.required_fields=[]",), "'reward.format.required_fields' = []"),
 ]
 

@@ -77,7 +77,6 @@ TINY_GRPO: dict[str, Any] = {
     "stage.max_steps": 30,
     "stage.num_generations": 4,
     "stage.per_device_train_batch_size": 8,
-    "stage.per_device_eval_batch_size": 16,
     "stage.gradient_accumulation_steps": 1,
     "stage.max_completion_length": 48,
     "stage.beta": 0.0,

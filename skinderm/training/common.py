@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -11,6 +13,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from skinderm.conversations import ExampleBuilder
+from skinderm.core.errors import ConfigError
 from skinderm.core.files import to_plain
 from skinderm.core.runs import RunFolder
 from skinderm.core.tracking import report_to
@@ -62,7 +65,6 @@ def trainer_arguments(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
         "run_name": f"{stage.name}-{run.path.name}",
         "max_steps": int(stage.max_steps),
         "per_device_train_batch_size": int(stage.per_device_train_batch_size),
-        "per_device_eval_batch_size": int(stage.per_device_eval_batch_size),
         "gradient_accumulation_steps": int(stage.gradient_accumulation_steps),
         "learning_rate": float(stage.learning_rate),
         "lr_scheduler_type": stage.lr_scheduler_type,
@@ -83,6 +85,39 @@ def trainer_arguments(cfg: DictConfig, run: RunFolder) -> dict[str, Any]:
         "disable_tqdm": False,
         **precision_flags(cfg),
     }
+
+
+def with_trl_fields(
+    config_class: type, ours: Mapping[str, Any], passthrough: Mapping[str, Any] | None
+) -> Any:
+    """`config_class(**ours, **passthrough)`: TRL's SFTConfig / GRPOConfig plus the `stage.trl.*` fields.
+
+    Any TRL field reaches the trainer without a code change (`stage.trl.epsilon_high=0.28`), but an unknown
+    one fails in one line naming it and its close matches, and a field skinderm sets itself from a stage,
+    hardware or eval key cannot be set a second time here (the two would silently disagree).
+    """
+    return config_class(**ours, **check_trl_fields(config_class, ours, passthrough))
+
+
+def check_trl_fields(
+    config_class: type, ours: Mapping[str, Any], passthrough: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The `stage.trl.*` fields as a plain dict, after the checks of `with_trl_fields` (ConfigError)."""
+    extra = to_plain(passthrough) or {}
+    known = {item.name for item in dataclasses.fields(config_class)}
+    for key in sorted(extra):
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f"; close matches: {', '.join(close)}" if close else ""
+            raise ConfigError(
+                f"config key 'stage.trl.{key}': not a field of TRL's {config_class.__name__}{hint}"
+            )
+        if key in ours:
+            raise ConfigError(
+                f"config key 'stage.trl.{key}': skinderm sets {config_class.__name__}.{key} itself from the "
+                "stage, hardware or eval keys; set it there (python -m skinderm.train --cfg job shows them)"
+            )
+    return extra
 
 
 def model_loading_arguments(cfg: DictConfig) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from skinderm.models.checkpoints import is_adapter_folder, load_run_model
 from skinderm.rewards import build_reward_functions
 from skinderm.training.common import (
     build_examples,
+    check_trl_fields,
     example_builder,
     load_split_records,
     lora_config,
@@ -26,6 +27,7 @@ from skinderm.training.common import (
     save_policy,
     summarise_log_history,
     trainer_arguments,
+    with_trl_fields,
 )
 from skinderm.training.resume import ResumableTrainerMixin
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
@@ -161,6 +163,27 @@ def sampler_arguments(hardware: DictConfig) -> dict[str, Any]:
     return arguments
 
 
+def grpo_arguments(cfg: DictConfig, run: RunFolder, reward_weights: Sequence[float]) -> dict[str, Any]:
+    """GRPOConfig's arguments from the stage, hardware and reward groups (`stage.trl.*` adds others)."""
+    stage = cfg.stage
+    return {
+        **trainer_arguments(cfg, run),
+        "num_generations": int(stage.num_generations),
+        "max_completion_length": int(stage.max_completion_length),
+        "temperature": float(stage.temperature),
+        "top_p": float(stage.top_p),
+        "beta": float(stage.beta),
+        "loss_type": stage.loss_type,
+        "scale_rewards": stage.scale_rewards,
+        "num_iterations": int(stage.num_iterations),
+        "disable_dropout": bool(stage.disable_dropout),
+        "reward_weights": list(reward_weights),
+        "log_completions": False,
+        "remove_unused_columns": False,
+        **sampler_arguments(cfg.hardware),
+    }
+
+
 def reward_trends(history: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, dict[str, float]]:
     """Mean of each logged reward over the first and the last 10% of training steps."""
     trends: dict[str, dict[str, float]] = {}
@@ -186,6 +209,7 @@ def run_grpo(
     callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Train Stage 2 from a Stage 1 run and return its metrics."""
+    check_trl_fields(GRPOConfig, grpo_arguments(cfg, run, []), cfg.stage.trl)  # before any data or model
     if int(cfg.stage.per_device_train_batch_size) % int(cfg.stage.num_generations):
         raise ValueError(
             f"stage.per_device_train_batch_size={cfg.stage.per_device_train_batch_size} "
@@ -200,27 +224,14 @@ def run_grpo(
 
     train_records = subsample(splits["train"], cfg.stage.train_max_samples, cfg.seed)
     class_counts = Counter(record["dx"] for record in splits["train"])
-    reward_funcs, weights = build_reward_functions(to_plain(cfg.reward), class_counts=dict(class_counts))
+    reward_funcs, weights = build_reward_functions(
+        to_plain(cfg.reward), class_counts=dict(class_counts), answer_fields=tuple(cfg.answer.fields)
+    )
     names = [func.__name__ for func in reward_funcs]
     train_dataset = Dataset.from_list(build_examples(train_records, builder.grpo_example, "train prompts"))
     eval_records = val_records(splits["val"], cfg)
 
-    stage = cfg.stage
-    arguments = GRPOConfig(
-        **trainer_arguments(cfg, run),
-        num_generations=int(stage.num_generations),
-        max_completion_length=int(stage.max_completion_length),
-        temperature=float(stage.temperature),
-        top_p=float(stage.top_p),
-        beta=float(stage.beta),
-        loss_type=stage.loss_type,
-        scale_rewards=stage.scale_rewards,
-        num_iterations=int(stage.num_iterations),
-        reward_weights=list(weights),
-        log_completions=False,
-        remove_unused_columns=False,
-        **sampler_arguments(cfg.hardware),
-    )
+    arguments = with_trl_fields(GRPOConfig, grpo_arguments(cfg, run, weights), cfg.stage.trl)
     trainer = SkindermGRPOTrainer(
         model=model,
         reward_funcs=list(reward_funcs),

@@ -17,6 +17,7 @@ from skinderm.data.splits import subsample
 from skinderm.models.loading import freeze_vision_tower, load_model_and_processor
 from skinderm.training.common import (
     build_examples,
+    check_trl_fields,
     example_builder,
     load_split_records,
     lora_config,
@@ -24,6 +25,7 @@ from skinderm.training.common import (
     save_policy,
     summarise_log_history,
     trainer_arguments,
+    with_trl_fields,
 )
 from skinderm.training.optim import build_optimizer
 from skinderm.training.resume import ResumableTrainerMixin
@@ -69,6 +71,21 @@ class ClassBalancedSFTTrainer(ModuleLRSFTTrainer):
         )
 
 
+def sft_arguments(cfg: DictConfig, run: RunFolder, *, evaluate: bool) -> dict[str, Any]:
+    """SFTConfig's arguments from the stage and hardware groups (`stage.trl.*` adds any other field)."""
+    return {
+        **trainer_arguments(cfg, run),
+        "per_device_eval_batch_size": int(cfg.stage.per_device_eval_batch_size),
+        "max_length": cfg.stage.max_length,
+        "completion_only_loss": True,
+        "eval_strategy": "steps" if evaluate else "no",
+        "eval_steps": int(cfg.stage.eval_steps),
+        # Image examples are collated (tokenised + image processed) on the fly by TRL's VLM collator.
+        "dataset_kwargs": {"skip_prepare_dataset": True},
+        "remove_unused_columns": False,
+    }
+
+
 def evaluated_at(history: Sequence[Mapping[str, Any]], step: int) -> bool:
     """Whether the log history already holds an eval loss for `step` (eval_steps divides max_steps)."""
     return any("eval_loss" in entry and entry.get("step") == step for entry in history)
@@ -82,6 +99,7 @@ def run_sft(
     callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Train Stage 1 and return its metrics (also written by the caller to metrics.json)."""
+    check_trl_fields(SFTConfig, sft_arguments(cfg, run, evaluate=True), cfg.stage.trl)  # before any data
     splits = load_split_records(cfg)
     builder = example_builder(cfg)
     model, processor = load_model_and_processor(to_plain(cfg.model), **model_loading_arguments(cfg))
@@ -104,15 +122,8 @@ def run_sft(
         else None
     )
 
-    arguments = SFTConfig(
-        **trainer_arguments(cfg, run),
-        max_length=cfg.stage.max_length,
-        completion_only_loss=True,
-        eval_strategy="steps" if eval_dataset is not None else "no",
-        eval_steps=int(cfg.stage.eval_steps),
-        # Image examples are collated (tokenised + image processed) on the fly by TRL's VLM collator.
-        dataset_kwargs={"skip_prepare_dataset": True},
-        remove_unused_columns=False,
+    arguments = with_trl_fields(
+        SFTConfig, sft_arguments(cfg, run, evaluate=eval_dataset is not None), cfg.stage.trl
     )
     trainer_kwargs: dict[str, Any] = {
         "model": model,

@@ -136,7 +136,9 @@ def val_check(
     metrics = compute_metrics(predictions)
     summary = headline(metrics)
     class_counts = Counter(record["dx"] for record in records)
-    reward_funcs, weights = build_reward_functions(to_plain(cfg.reward), class_counts=dict(class_counts))
+    reward_funcs, weights = build_reward_functions(
+        to_plain(cfg.reward), class_counts=dict(class_counts), answer_fields=tuple(cfg.answer.fields)
+    )
     columns = [builder.reward_columns(record) for record in records]
     components = reward_components(reward_funcs, [p["completion"] for p in predictions], columns)
     names = [func.__name__ for func in reward_funcs]

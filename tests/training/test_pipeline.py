@@ -124,9 +124,10 @@ def test_grpo_from_latest_sft_run_records_reward_trends(compose_train, sft_run: 
     cfg = compose_train([*FAST, "stage=grpo", "stage.max_steps=2", f"stage.init_from={sft_run}"])
     metrics = _run(cfg, tmp_path / "grpo")
     assert metrics["init_from"] == str(sft_run)
-    assert metrics["reward_names"] == ["diagnosis", "spatial", "mask_iou"]
-    assert metrics["reward_weights"] == {"diagnosis": 0.4, "spatial": 0.3, "mask_iou": 0.3}
-    for name in ("rewards/diagnosis/mean", "rewards/spatial/mean", "rewards/mask_iou/mean", "reward"):
+    # The default answer has no polygon: the outline weight (0.15) moves to the box term.
+    assert metrics["reward_names"] == ["diagnosis", "spatial", "bbox_iou"]
+    assert metrics["reward_weights"] == pytest.approx({"diagnosis": 0.4, "spatial": 0.3, "bbox_iou": 0.3})
+    for name in ("rewards/diagnosis/mean", "rewards/spatial/mean", "rewards/bbox_iou/mean", "reward"):
         assert set(metrics["reward_trends"][name]) == {"first_10pct", "last_10pct", "n_logs"}
     assert {"reward_weighted", "reward_diagnosis"} <= set(metrics["val_before"])
     assert (tmp_path / "grpo" / "model" / "model.safetensors").is_file()
