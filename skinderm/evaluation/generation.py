@@ -176,6 +176,20 @@ def _mask_iou(record: Mapping[str, Any], parsed: ParsedAnswer, model_size: tuple
     return None if truth is None else float(answer_mask_iou(parsed, truth))
 
 
+def _outline_iou(
+    record: Mapping[str, Any], parsed: ParsedAnswer, model_size: tuple[int, int], builder: ExampleBuilder
+) -> float | None:
+    """The outline reward's IoU (polygon vs the lesion's outline, 0 without a polygon), so evaluation
+    counts what GRPO pays; None without a mask, or when the run was not taught outlines."""
+    mask_path = record.get("mask_path_abs")
+    if "polygon" not in builder.fields or not record.get("mask_available") or not isinstance(mask_path, str):
+        return None
+    from skinderm.rewards.iou import load_outline_truth, outline_iou
+
+    truth = load_outline_truth.__wrapped__(mask_path, model_size[0], model_size[1])
+    return None if truth is None else float(outline_iou(parsed, truth))
+
+
 def prediction_record(record: Mapping[str, Any], completion: str, builder: ExampleBuilder) -> dict[str, Any]:
     """One line of predictions.jsonl: truth, parsed answer, boxes in ORIGINAL pixels, box and mask IoU."""
     parsed = parse_answer(completion)
@@ -197,10 +211,12 @@ def prediction_record(record: Mapping[str, Any], completion: str, builder: Examp
         "polygon_pred": polygon_pred,
         "iou": box_iou(bbox_true, bbox_pred) if bbox_true is not None else None,
         "mask_iou": _mask_iou(record, parsed, model_size),
+        "outline_iou": _outline_iou(record, parsed, model_size, builder),
         "parse_ok": parsed.parse_ok,
         "answer": answer_to_dict(parsed),
         "completion": completion,
         "sex": record.get("sex"),
         "age": record.get("age"),
         "localization": record.get("localization"),
+        **({"score_weight": record["score_weight"]} if "score_weight" in record else {}),  # ISIC 2018 test
     }

@@ -293,6 +293,7 @@ def compute_metrics(records: Sequence[Mapping[str, Any]], *, labels: Sequence[st
 
     ious = [iou for iou in (record_iou(r) for r in records) if iou is not None]
     mask_ious = [float(r["mask_iou"]) for r in records if not is_missing(r.get("mask_iou"))]
+    outline_ious = [float(r["outline_iou"]) for r in records if not is_missing(r.get("outline_iou"))]
     spatial = [
         r.get("location_pred") == r["location_true"]
         for r in records
@@ -352,6 +353,9 @@ def compute_metrics(records: Sequence[Mapping[str, Any]], *, labels: Sequence[st
         },
         "mask_mean_iou": _mean_or_none(mask_ious),
         "mask_n": len(mask_ious),
+        # The outline reward's IoU (polygon vs the lesion's outline): only for runs taught outlines.
+        "outline_mean_iou": _mean_or_none(outline_ious),
+        "outline_n": len(outline_ious),
         "spatial_accuracy": _mean_or_none(spatial),
         "spatial_n": len(spatial),
         "subgroups": subgroups,

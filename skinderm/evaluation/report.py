@@ -195,6 +195,8 @@ def format_table(metrics: Mapping[str, Any], *, title: str = "") -> str:
         rows.append(("mean box IoU", _number(bbox.get("mean_iou")) + _interval(metrics, "bbox_mean_iou")))
     if metrics.get("mask_n"):
         rows.append(("mean mask IoU", _number(metrics.get("mask_mean_iou"))))
+    if metrics.get("outline_mean_iou") is not None:
+        rows.append(("mean outline IoU", _number(metrics.get("outline_mean_iou"))))
     calibration = metrics.get("calibration")
     if calibration:
         rows.append(("macro AUROC (OvR)", _number(calibration.get("macro_auroc_ovr"))))
