@@ -125,6 +125,8 @@ OnError = _choices("OnError", ("raise", "skip"))
 Precision = _choices("Precision", ("float32", "bfloat16", "float16"))
 ClassWeighting = _choices("ClassWeighting", ("none", "inverse_frequency"))
 LoggerMode = _choices("LoggerMode", ("offline", "online", "disabled"))
+# SFT examples and GRPO prompts alike (skinderm/training/sampling.py).
+ClassBalance = _choices("ClassBalance", ("none", "balanced", "sqrt"))
 
 
 # --- dataset -------------------------------------------------------------------------------------------
@@ -203,7 +205,7 @@ class CommonStageSchema:
 @dataclass
 class SFTStageSchema(CommonStageSchema):
     per_device_eval_batch_size: int = MISSING
-    class_balanced_sampling: bool = MISSING
+    class_balance: ClassBalance = MISSING  # type: ignore[valid-type]
     lr_multipliers: dict[str, float] | None = None
     eval_steps: int = MISSING
     eval_max_samples: int | None = None
@@ -223,6 +225,7 @@ class GRPOStageSchema(CommonStageSchema):
     scale_rewards: str = MISSING
     num_iterations: int = MISSING
     disable_dropout: bool = MISSING
+    class_balance: ClassBalance = MISSING  # type: ignore[valid-type]
     train_max_samples: int | None = None
 
 

@@ -72,12 +72,12 @@ def _read_shards(run_dir: Path) -> dict[int, list[str]]:
 def _class_balanced_order(run_dir: Path, seed: int) -> list[str]:
     """The image_ids the class-balanced sampler draws for the whole job (what the ranks split)."""
     from skinderm.data.prepare import prepare_dataset
-    from skinderm.training.sampling import EpochSeededWeightedSampler, class_balanced_weights
+    from skinderm.training.sampling import epoch_order
 
     resolved = OmegaConf.load(run_dir / "config_resolved.yaml")
     frame = prepare_dataset(OmegaConf.to_container(resolved.dataset, resolve=True))
     train = frame[frame["split"] == "train"]
-    draws = EpochSeededWeightedSampler(class_balanced_weights(list(train["dx"])), seed=seed)
+    draws = epoch_order(list(train["dx"]), str(resolved.stage.class_balance), seed=seed, epoch=0)
     image_ids = list(train["image_id"])
     return [image_ids[index] for index in draws]  # epoch 0: the jobs are shorter than one epoch
 

@@ -7,17 +7,20 @@ import difflib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from skinderm.conversations import ExampleBuilder
+from skinderm.conversations import ExampleBuilder, decode_image_source
 from skinderm.core.errors import ConfigError
 from skinderm.core.files import to_plain
 from skinderm.core.runs import RunFolder
 from skinderm.core.tracking import report_to
 from skinderm.data.prepare import frame_to_records, prepare_dataset
+
+if TYPE_CHECKING:
+    from datasets import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +49,56 @@ def example_builder(cfg: DictConfig) -> ExampleBuilder:
 def build_examples(
     records: Sequence[Mapping[str, Any]], make: Callable[[Mapping[str, Any]], dict[str, Any]], desc: str
 ) -> list[dict[str, Any]]:
-    """Decode each image once (at model size) and build its example, with a progress bar."""
+    """Each record's example, `make(record)`, with a progress bar (masks are read; images if `make` does)."""
     return [make(record) for record in tqdm(records, desc=desc, unit="img", mininterval=2.0)]
+
+
+IMAGES_COLUMN = "images"
+
+
+class DecodeImages:
+    """`Dataset.with_transform` callable: the `images` column's sources become decoded PIL images.
+
+    Why: a training dataset of decoded images holds every pixel of the split in memory before the first
+    step (~5 GB per rank for HAM10000 at 504x364); sources are a path and a size. datasets applies the
+    transform on every read (`ds[i]`, `ds[[i, j]]` as the DataLoader fetches, iteration), to the rows
+    read only, so a batch decodes its own images, in the DataLoader's workers when there are any. Every
+    other column passes through unchanged, and a read without `images` (`ds["image_id"]`) decodes nothing.
+    A module-level class, not a closure, so the dataset pickles into DataLoader worker processes.
+    """
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if IMAGES_COLUMN not in batch:
+            return batch
+        decoded = [[decode_image_source(source) for source in sources] for sources in batch[IMAGES_COLUMN]]
+        return {key: decoded if key == IMAGES_COLUMN else values for key, values in batch.items()}
+
+
+def image_dataset(
+    records: Sequence[Mapping[str, Any]],
+    make: Callable[[Mapping[str, Any]], dict[str, Any]],
+    desc: str,
+    *,
+    with_image_id: bool = False,
+) -> Dataset:
+    """A datasets.Dataset of one example per record, `make(record)` (ExampleBuilder.sft_columns /
+    grpo_columns: `images` holds image sources), whose images decode when read (`DecodeImages`).
+
+    The rows read back are those of the eager construction it replaces,
+    `Dataset.from_list(build_examples(records, builder.sft_example, ...))`: same keys in the same order,
+    same values, same pixels (datasets stored those images losslessly, as PNG); tests/training/
+    test_lazy_dataset.py checks it. Text and ground truth (answers, boxes, outlines from the masks) are
+    still computed now: they are small, and a bad mask still fails before training. `with_image_id`
+    adds the record's image_id as the last column (hardware.record_shards reads it; TRL's SFT collator
+    ignores it).
+    """
+    from datasets import Dataset
+
+    def row(record: Mapping[str, Any]) -> dict[str, Any]:
+        example = make(record)
+        return {**example, "image_id": record["image_id"]} if with_image_id else example
+
+    return Dataset.from_list(build_examples(records, row, desc)).with_transform(DecodeImages())
 
 
 def precision_flags(cfg: DictConfig) -> dict[str, bool]:
@@ -118,6 +169,14 @@ def check_trl_fields(
                 "stage, hardware or eval keys; set it there (python -m skinderm.train --cfg job shows them)"
             )
     return extra
+
+
+def examples_drawn(trainer: Any) -> int:
+    """Training examples (GRPO: completions) the run's optimizer steps consumed, over all ranks."""
+    args = trainer.args
+    world = int(getattr(args, "world_size", 1) or 1)
+    per_step = int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * world
+    return int(trainer.state.global_step) * per_step
 
 
 def model_loading_arguments(cfg: DictConfig) -> dict[str, Any]:

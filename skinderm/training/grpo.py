@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig, GRPOTrainer
 
@@ -18,9 +17,10 @@ from skinderm.data.splits import subsample
 from skinderm.models.checkpoints import is_adapter_folder, load_run_model
 from skinderm.rewards import build_reward_functions
 from skinderm.training.common import (
-    build_examples,
     check_trl_fields,
     example_builder,
+    examples_drawn,
+    image_dataset,
     load_split_records,
     lora_config,
     model_loading_arguments,
@@ -30,6 +30,7 @@ from skinderm.training.common import (
     with_trl_fields,
 )
 from skinderm.training.resume import ResumableTrainerMixin
+from skinderm.training.sampling import PromptGroupSampler, draws_report
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
 from skinderm.training.val_check import val_check, val_records, write_val_check
 
@@ -91,10 +92,30 @@ class SkindermGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
     image, the prompt text, the completion text, each reward and the advantage, one row per completion.
     """
 
-    def __init__(self, *args: Any, completion_samples: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        prompt_labels: Sequence[str],
+        class_balance: str,
+        completion_samples: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self._prompt_labels, self._class_balance = list(prompt_labels), class_balance
         super().__init__(*args, **kwargs)
         self._completion_samples = completion_samples
         self.log_completions = False  # TRL's own table is replaced by _log_completion_table
+
+    def _get_train_sampler(self, dataset: Any = None) -> Any:
+        """TRL's prompt-group layout with the prompts drawn by `stage.class_balance` (as SFT draws its
+        examples) and seeded by (seed, epoch), so that a resumed run continues the same prompt order."""
+        return PromptGroupSampler(
+            self._prompt_labels,
+            self._class_balance,  # type: ignore[arg-type]
+            seed=int(self.args.seed),
+            mini_repeat_count=self.num_generations,
+            batch_size=self.args.generation_batch_size // self.num_generations,
+            repeat_count=self.num_iterations * self.args.steps_per_generation,
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         training = self.model.training
@@ -228,7 +249,7 @@ def run_grpo(
         to_plain(cfg.reward), class_counts=dict(class_counts), answer_fields=tuple(cfg.answer.fields)
     )
     names = [func.__name__ for func in reward_funcs]
-    train_dataset = Dataset.from_list(build_examples(train_records, builder.grpo_example, "train prompts"))
+    train_dataset = image_dataset(train_records, builder.grpo_columns, "train prompts")  # decoded per batch
     eval_records = val_records(splits["val"], cfg)
 
     arguments = with_trl_fields(GRPOConfig, grpo_arguments(cfg, run, weights), cfg.stage.trl)
@@ -241,6 +262,8 @@ def run_grpo(
         peft_config=peft_config,
         callbacks=list(callbacks),
         completion_samples=int(cfg.logger.get("log_completions", 0)) if cfg.logger.name == "wandb" else 0,
+        prompt_labels=[record["dx"] for record in train_records],
+        class_balance=cfg.stage.class_balance,
     )
     if cfg.hardware.record_shards:
         record_data_shards(trainer, run.path / SHARDS_DIR)
@@ -258,6 +281,11 @@ def run_grpo(
         "reward_weights": dict(zip(names, weights, strict=True)),
         "global_step": trainer.state.global_step,
         "reward_trends": reward_trends(trainer.state.log_history, names),
+        "class_draws": draws_report(
+            [record["dx"] for record in train_records],
+            cfg.stage.class_balance,
+            examples_drawn(trainer) // int(cfg.stage.num_generations),  # prompts, not completions
+        ),
         **summarise_log_history(trainer.state.log_history),
     }
     if eval_records:  # on every rank: with sharded weights generation needs them all

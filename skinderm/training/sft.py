@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from datasets import Dataset
 from omegaconf import DictConfig
 from trl import SFTConfig, SFTTrainer
 
@@ -16,9 +15,10 @@ from skinderm.core.runs import RunFolder
 from skinderm.data.splits import subsample
 from skinderm.models.loading import freeze_vision_tower, load_model_and_processor
 from skinderm.training.common import (
-    build_examples,
     check_trl_fields,
     example_builder,
+    examples_drawn,
+    image_dataset,
     load_split_records,
     lora_config,
     model_loading_arguments,
@@ -29,21 +29,31 @@ from skinderm.training.common import (
 )
 from skinderm.training.optim import build_optimizer
 from skinderm.training.resume import ResumableTrainerMixin
-from skinderm.training.sampling import EpochSeededWeightedSampler, class_balanced_weights
+from skinderm.training.sampling import ClassBalanceSampler, draws_report
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
 from skinderm.training.val_check import val_check, val_records, write_val_check
 
 log = logging.getLogger(__name__)
 
 
-class ModuleLRSFTTrainer(ResumableTrainerMixin, SFTTrainer):
-    """SFTTrainer whose AdamW gives each module family its own learning rate (`stage.lr_multipliers`).
+class SkindermSFTTrainer(ResumableTrainerMixin, SFTTrainer):
+    """SFTTrainer with per-module learning rates (`stage.lr_multipliers`) and the class-balance sampler.
 
-    Built in `create_optimizer`, i.e. after any PEFT wrapping, so adapters are covered too.
+    The optimizer is built in `create_optimizer`, i.e. after any PEFT wrapping, so adapters are covered
+    too. Training examples are drawn by `ClassBalanceSampler` (`stage.class_balance`), seeded by
+    `args.data_seed` and the epoch.
     """
 
-    def __init__(self, *args: Any, lr_multipliers: Mapping[str, float] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        sample_labels: Sequence[str],
+        class_balance: str,
+        lr_multipliers: Mapping[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self._lr_multipliers = dict(lr_multipliers or {})
+        self._sample_labels, self._class_balance = list(sample_labels), class_balance
         super().__init__(*args, **kwargs)
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
@@ -57,18 +67,9 @@ class ModuleLRSFTTrainer(ResumableTrainerMixin, SFTTrainer):
             )
         return super().create_optimizer(model)
 
-
-class ClassBalancedSFTTrainer(ModuleLRSFTTrainer):
-    """SFTTrainer drawing training examples class-balanced (with replacement), seeded by `args.data_seed`."""
-
-    def __init__(self, *args: Any, sample_labels: Sequence[str], **kwargs: Any) -> None:
-        self._sample_weights = class_balanced_weights(sample_labels)
-        super().__init__(*args, **kwargs)
-
     def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
-        return EpochSeededWeightedSampler(
-            self._sample_weights, seed=int(self.args.data_seed or self.args.seed)
-        )
+        seed = int(self.args.data_seed or self.args.seed)
+        return ClassBalanceSampler(self._sample_labels, self._class_balance, seed=seed)  # type: ignore[arg-type]
 
 
 def sft_arguments(cfg: DictConfig, run: RunFolder, *, evaluate: bool) -> dict[str, Any]:
@@ -108,19 +109,10 @@ def run_sft(
 
     train_records = splits["train"]
     eval_records = subsample(splits["val"], cfg.stage.eval_max_samples, cfg.seed)
-    train_examples = build_examples(train_records, builder.sft_example, "train examples")
-    # image_id rides along for hardware.record_shards (TRL's collator reads only prompt/completion/images).
-    train_dataset = Dataset.from_list(
-        [
-            {**example, "image_id": record["image_id"]}
-            for example, record in zip(train_examples, train_records, strict=True)
-        ]
-    )
-    eval_dataset = (
-        Dataset.from_list(build_examples(eval_records, builder.sft_example, "val examples"))
-        if eval_records
-        else None
-    )
+    # Images decode when a batch is read (image_dataset). image_id rides along for hardware.record_shards
+    # (TRL's collator reads only prompt/completion/images).
+    train_dataset = image_dataset(train_records, builder.sft_columns, "train examples", with_image_id=True)
+    eval_dataset = image_dataset(eval_records, builder.sft_columns, "val examples") if eval_records else None
 
     arguments = with_trl_fields(
         SFTConfig, sft_arguments(cfg, run, evaluate=eval_dataset is not None), cfg.stage.trl
@@ -135,10 +127,10 @@ def run_sft(
         "lr_multipliers": to_plain(cfg.stage.get("lr_multipliers")),
         "callbacks": list(callbacks),
     }
-    if cfg.stage.class_balanced_sampling:
-        trainer = ClassBalancedSFTTrainer(**trainer_kwargs, sample_labels=[r["dx"] for r in train_records])
-    else:
-        trainer = ModuleLRSFTTrainer(**trainer_kwargs)
+    labels = [record["dx"] for record in train_records]
+    trainer = SkindermSFTTrainer(
+        **trainer_kwargs, sample_labels=labels, class_balance=cfg.stage.class_balance
+    )
 
     if cfg.hardware.record_shards:
         record_data_shards(trainer, run.path / SHARDS_DIR)
@@ -154,6 +146,7 @@ def run_sft(
         "n_val_eval_loss": len(eval_records),
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "global_step": trainer.state.global_step,
+        "class_draws": draws_report(labels, cfg.stage.class_balance, examples_drawn(trainer)),
         **summarise_log_history(trainer.state.log_history),
     }
     checked = val_records(splits["val"], cfg)
