@@ -273,7 +273,7 @@ ACQUISITION_PRESETS: dict[str, Acquisition] = {
     # ~ 17% of the frame, occasional hair, few bubbles, JPEG at high quality.
     "standard": Acquisition(
         name="standard", area_median=0.17, area_log_sd=0.85, centre_sd=0.075, off_centre_rate=0.15,
-        off_centre_sd=0.2, cast=(1.03, 0.98, 0.94), cast_sd=0.03, vignette=(0.0, 0.35),
+        off_centre_sd=0.2, cast=(1.02, 0.98, 0.97), cast_sd=0.02, vignette=(0.0, 0.35),
         dark_corner_rate=0.12, hair_rate=0.3, hair_mean=4.0, bubble_rate=0.12, bubble_mean=3.0,
         ruler_rate=0.06, gradient=0.18, jpeg_quality=(82, 96), noise_sd=2.5, blur_rate=0.1,
     ),
@@ -282,7 +282,7 @@ ACQUISITION_PRESETS: dict[str, Acquisition] = {
     # stronger compression and noise.
     "shifted": Acquisition(
         name="shifted", area_median=0.1, area_log_sd=0.7, centre_sd=0.08, off_centre_rate=0.2,
-        off_centre_sd=0.2, cast=(0.93, 1.0, 1.07), cast_sd=0.05, vignette=(0.2, 0.6),
+        off_centre_sd=0.2, cast=(0.94, 1.0, 1.05), cast_sd=0.03, vignette=(0.2, 0.6),
         dark_corner_rate=0.45, hair_rate=0.6, hair_mean=7.0, bubble_rate=0.45, bubble_mean=6.0,
         ruler_rate=0.25, gradient=0.3, jpeg_quality=(55, 78), noise_sd=4.5, blur_rate=0.25,
     ),
@@ -694,7 +694,7 @@ def _lesion_colours(
 def _skin(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     """Fair skin (most HAM10000 patients): an even pinkish beige with soft, mostly luminance blotches
     and a faint diffuse redness, on the coarse grid."""
-    tone = np.asarray([228, 182, 162], dtype=np.float32) + rng.normal(0, 1, 3).astype(np.float32) * [8, 9, 9]
+    tone = np.asarray([226, 176, 164], np.float32) + float(rng.normal()) * np.asarray([7, 8, 8], np.float32)
     shade = rng.normal(0.0, 1.0, size=(4, 5, 1)).astype(np.float32) * 5.0
     redness = rng.normal(0.0, 1.0, size=(4, 5, 1)).astype(np.float32) * np.asarray([3, -4, -3], np.float32)
     blotch = cv2.resize(shade + redness, (width, height), interpolation=cv2.INTER_CUBIC)
@@ -859,11 +859,15 @@ def _draw_structures(
         uu, vv = _inside(rng, outline, count, 0.8, (rng.uniform(0, 2 * np.pi), 0.8, 0.5))
         centres = pixels(uu, vv)
         for centre in centres:
-            axes = px_size(rng.uniform(0.06, 0.16, size=2), 2.0)
-            cv2.ellipse(
-                ink("blue"), (int(centre[0]), int(centre[1])), (int(axes[0]), int(axes[1])),
-                float(rng.uniform(0, 180)), 0, 360, 215, -1, cv2.LINE_AA, 4,
-            )  # fmt: skip
+            size = rng.uniform(0.05, 0.13)
+            for _ in range(int(rng.integers(2, 5))):  # a nest: a few overlapping ovoid lobules
+                offset = px_size(rng.normal(0, size * 0.6, size=2), 0.0)
+                axes = px_size(size * rng.uniform(0.4, 0.9, size=2), 1.5)
+                cv2.ellipse(
+                    ink("blue"), (int(centre[0] + offset[0]), int(centre[1] + offset[1])),
+                    (int(axes[0]), int(axes[1])), float(rng.uniform(0, 180)), 0, 360,
+                    int(rng.integers(150, 230)), -1, cv2.LINE_AA, 4,
+                )  # fmt: skip
     # Regression peppering: fine blue-grey granules where the lesion texture's regression channel is high.
     if latents["regression"] == "present":
         uu, vv = _inside(rng, outline, 300, 0.95, (0.0, 0.0, 0.0))

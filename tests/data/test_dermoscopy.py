@@ -145,6 +145,22 @@ def test_oracle_json_is_the_bayes_rule_on_the_pipelines_splits(derm: Path) -> No
     dermoscopy.write_oracle(derm)  # leave the fixture as generated
 
 
+def test_oracle_splits_are_the_splits_prepare_dataset_makes(derm: Path, tmp_path: Path) -> None:
+    from skinderm.data.prepare import prepare_dataset
+
+    records = prepare_dataset(
+        {"name": "ham10000", "root": str(derm), "annotations_dir": str(tmp_path), "on_error": "raise"}
+    )
+    oracle = json.loads((derm / dermoscopy.SYNTHETIC_ORACLE_JSON).read_text())
+    truth = _truth(derm).set_index("image_id")
+    for name in ("train", "val", "test"):
+        rows = records[records["split"] == name]
+        assert len(rows) == oracle[name]["n_images"]
+        predicted = truth.loc[rows["image_id"], "oracle_dx"].to_numpy()
+        recalls = [np.mean(predicted[rows["dx"].to_numpy() == dx] == dx) for dx in sorted(set(rows["dx"]))]
+        assert oracle[name]["balanced_accuracy"] == pytest.approx(np.mean(recalls), abs=1e-4)
+
+
 def test_annotation_equals_the_generators_ground_truth_exactly(derm: Path, tmp_path: Path) -> None:
     records = annotate_dataset(derm, out_dir=tmp_path / "out", workers=1)
     truth = _truth(derm).set_index("image_id")
