@@ -125,6 +125,8 @@ OnError = _choices("OnError", ("raise", "skip"))
 Precision = _choices("Precision", ("float32", "bfloat16", "float16"))
 ClassWeighting = _choices("ClassWeighting", ("none", "inverse_frequency"))
 LoggerMode = _choices("LoggerMode", ("offline", "online", "disabled"))
+SyntheticStyle = _choices("SyntheticStyle", ("simple", "dermoscopy"))
+Acquisition = _choices("Acquisition", ("standard", "shifted"))
 # SFT examples and GRPO prompts alike (skinderm/training/sampling.py).
 ClassBalance = _choices("ClassBalance", ("none", "balanced", "sqrt"))
 
@@ -140,6 +142,8 @@ class SyntheticSchema:
     max_images_per_lesion: int = MISSING
     multi_component_fraction: float = MISSING
     missing_mask_fraction: float = MISSING
+    style: SyntheticStyle = SyntheticStyle.simple  # type: ignore[valid-type, attr-defined]
+    acquisition: Acquisition = Acquisition.standard  # type: ignore[valid-type, attr-defined]
 
 
 @dataclass
