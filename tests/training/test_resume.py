@@ -167,8 +167,10 @@ def test_lora_fine_tune_resumes_to_the_uninterrupted_loss_and_adapter(
     _run(_train_command(tmp_path / "a", shared_cache, *lora))
     uninterrupted = _only_run(tmp_path / "a" / "outputs" / "sft" / "runs")
     assert (uninterrupted / "model" / "adapter_model.safetensors").is_file()
-    run_dir = _as_if_killed_after(uninterrupted, 6, tmp_path / "b" / "outputs" / "sft" / "runs")
-    _run(_train_command(tmp_path / "b", shared_cache, *lora, "resume=latest"))
+    command = _train_command(tmp_path / "b", shared_cache, *lora)
+    run_dir = _kill_after_first_checkpoint(command, tmp_path / "b" / "outputs" / "sft" / "runs")
+    assert not (run_dir / "FINISHED").exists()
+    _run([*command, "resume=latest"])
     assert_same_training(run_dir, uninterrupted)
 
 
