@@ -1,13 +1,17 @@
-"""One table for the pipeline: majority baseline, after SFT, after GRPO, and the paired GRPO - SFT difference.
+"""One table for the pipeline: ceiling, baselines, after SFT, after GRPO, and the paired GRPO - SFT gap.
 
     python scripts/pipeline_table.py outputs/evaluate/runs/demo_sft outputs/evaluate/runs/demo_grpo \
         --compare outputs/compare/runs/demo
 
 Each positional argument is an evaluation folder (`python -m skinderm.evaluate ...` output); its label is the
-training stage it evaluated. The majority-class baseline is computed on the same split by the first
-evaluation. `--compare` takes a `python -m skinderm.compare runs=[A,B]` folder of two of these evaluations and
-adds its "B - A" row: each metric's paired difference with its lesion-resampled 95% interval, the number
-that says whether B beats A (two unpaired intervals on the same images do not).
+training stage it evaluated. The first evaluation's metrics.json gives the rows above the models: its
+`baselines` block (fitted on the training split, skinderm.evaluation.baselines) as an "oracle ceiling" row
+(the synthetic data's Bayes classifier; absent for real data) and a "majority / centre prior" row (the
+majority training class, the majority training cell with the best constant answer's spatial reward, the mean
+training box and mask); an older metrics.json without that block gives the scored split's majority class.
+`--compare` takes a `python -m skinderm.compare runs=[A,B]` folder of two of these evaluations and adds its
+"B - A" row: each metric's paired difference with its lesion-resampled 95% interval, the number that says
+whether B beats A (two unpaired intervals on the same images do not).
 """
 
 from __future__ import annotations
@@ -47,16 +51,45 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def baseline_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    """The rows above the models: oracle ceiling (when known) and majority / centre prior, from `baselines`;
+    the scored split's majority class for a metrics.json written before baselines existed."""
+    baselines = metrics.get("baselines")
+    if not baselines:
+        baseline = metrics.get("majority_baseline") or {}
+        return [
+            [f"majority class ({baseline.get('class')})", _number(baseline.get("balanced_accuracy")),
+             _number(baseline.get("accuracy")), "-", "-", "-", "-", str(metrics.get("n"))]
+        ]  # fmt: skip
+    table: list[list[str]] = []
+    oracle = baselines.get("oracle")
+    if oracle:
+        n = oracle.get("n_images")
+        table.append(
+            ["oracle ceiling (Bayes on latents)", _number(oracle.get("balanced_accuracy")),
+             _number(oracle.get("accuracy")), "-", "-", "-", "-", "-" if n is None else str(n)]
+        )  # fmt: skip
+    majority = baselines.get("majority_class") or {}
+    location = baselines.get("majority_location") or {}
+    spatial = baselines.get("constant_spatial_reward") or {}
+    location_cell = _number(location.get("accuracy"))
+    if spatial:
+        location_cell += f" (reward {spatial['reward']:.3f})"
+    names = [str(majority.get("class", "-")), str(location.get("cell", "-"))]
+    table.append(
+        [f"majority / centre prior ({', '.join(names)})", _number(majority.get("balanced_accuracy")),
+         _number(majority.get("accuracy")), location_cell, _number(baselines.get("centre_prior_box_iou")),
+         _number(baselines.get("centre_prior_mask_iou")), "-", str(metrics.get("n"))]
+    )  # fmt: skip
+    return table
+
+
 def rows(eval_dirs: list[Path]) -> list[list[str]]:
     table: list[list[str]] = []
     for index, folder in enumerate(eval_dirs):
         metrics = _read_json(folder / "metrics.json", "skinderm.evaluate")
         if index == 0:
-            baseline = metrics.get("majority_baseline") or {}
-            table.append(
-                [f"majority class ({baseline.get('class')})", _number(baseline.get("balanced_accuracy")),
-                 _number(baseline.get("accuracy")), "-", "-", "-", "-", str(metrics.get("n"))]
-            )  # fmt: skip
+            table.extend(baseline_rows(metrics))
         evaluation = metrics.get("evaluation") or {}
         run = evaluation.get("run")
         # Training runs live in outputs/<stage>/runs/<time>/: name the row by that stage.
