@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from skinderm.core.files import to_plain
 from skinderm.evaluation.choice import (
+    ModelChoice,
     choose_dataset,
     choose_model,
     effective_config,
@@ -22,6 +23,9 @@ from skinderm.evaluation.choice import (
     load_evaluation_records,
 )
 from skinderm.evaluation.report import write_predictions
+
+if TYPE_CHECKING:
+    from skinderm.conversations import ExampleBuilder
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,11 @@ def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
         "images_per_s": round(len(records) / elapsed, 3) if elapsed > 0 else None,
     }
     metrics = build_metrics(
-        predictions, n_resamples=int(cfg.bootstrap.n_resamples), seed=int(cfg.bootstrap.seed), context=context
+        predictions,
+        n_resamples=int(cfg.bootstrap.n_resamples),
+        seed=int(cfg.bootstrap.seed),
+        context=context,
+        baselines=evaluation_baselines(cfg, choice, dataset, records, builder),
     )
     write_predictions(out.path / PREDICTIONS_FILE, predictions)
     write_json_atomic(out.path / METRICS_FILE, metrics)
@@ -100,6 +108,58 @@ def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
     out.mark_finished()
     metrics["output_dir"] = str(out.path)
     return metrics
+
+
+def training_records(dataset: Mapping[str, Any], choice: ModelChoice) -> list[dict[str, Any]] | None:
+    """The training split the baselines are fitted on: the scored dataset's own, or (for a dataset that is
+    one test set, like ISIC 2018's) the run's training dataset's; None when there is none to read."""
+    from skinderm.config import ConfigError
+
+    candidates = [dataset]
+    if choice.run_cfg is not None and "dataset" in choice.run_cfg:
+        candidates.append(to_plain(choice.run_cfg.dataset))
+    for candidate in candidates:
+        try:
+            return load_evaluation_records(candidate, "train")
+        except (ConfigError, ValueError) as error:  # a test-only dataset, or an empty training split
+            log.info("baselines: no training split in dataset %s (%s)", candidate.get("name"), error)
+    return None
+
+
+def _adjacent_credit(choice: ModelChoice) -> float:
+    """The spatial reward's partial credit the run was trained with (the default for zero-shot models)."""
+    from skinderm.rewards.spatial import DEFAULT_ADJACENT_CREDIT
+
+    if choice.run_cfg is None:
+        return DEFAULT_ADJACENT_CREDIT
+    value = OmegaConf.select(choice.run_cfg, "reward.spatial.adjacent_credit", default=None)
+    return DEFAULT_ADJACENT_CREDIT if value is None else float(value)
+
+
+def evaluation_baselines(
+    cfg: DictConfig,
+    choice: ModelChoice,
+    dataset: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    builder: ExampleBuilder,
+) -> dict[str, Any] | None:
+    """metrics.json's `baselines` (skinderm.evaluation.baselines), fitted on the training split and scored on
+    the evaluated `records`; masks are compared at the model input size, where the mask metrics are.
+    None when no training split can be read (then there is nothing to fit a baseline on)."""
+    from skinderm.evaluation.baselines import compute_baselines, read_oracle
+
+    train = training_records(dataset, choice)
+    if train is None:
+        return None
+    oracle = read_oracle(dataset.get("root"), str(cfg.split), dataset.get("splits"))
+    return compute_baselines(
+        train,
+        records,
+        adjacent_credit=_adjacent_credit(choice),
+        size_of=builder.model_size,
+        outline="polygon" in builder.fields,
+        oracle=oracle,
+    )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -47,12 +47,17 @@ def build_metrics(
     n_resamples: int = 1000,
     seed: int = 0,
     context: Mapping[str, Any] | None = None,
+    baselines: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """compute_metrics + lesion-grouped bootstrap intervals (+ calibration when records carry class_probs).
 
     `n_resamples=0` skips the bootstrap. `context` (run, model, split, timings...) is stored as "evaluation".
+    `baselines` (skinderm.evaluation.baselines.compute_baselines: fitted on the training split, which the
+    predictions alone do not hold) is stored as "baselines" when given; every other key is unchanged.
     """
     metrics: dict[str, Any] = compute_metrics(predictions)
+    if baselines is not None:
+        metrics["baselines"] = dict(baselines)
     metrics["bootstrap"] = (
         bootstrap_metrics(predictions, n_resamples=int(n_resamples), seed=int(seed)) if n_resamples else None
     )
@@ -165,17 +170,68 @@ def _number(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def _beside(text: str) -> str:
+    return f"  ({text})" if text else ""
+
+
+def baseline_notes(metrics: Mapping[str, Any]) -> dict[str, str]:
+    """What to print beside each metric from metrics.json's `baselines` block: {metric: note}, e.g.
+    "spatial_accuracy": "always center-center 0.612; training majority". Empty without the block."""
+    baselines = metrics.get("baselines") or {}
+    notes: dict[str, list[str]] = {}
+    majority = baselines.get("majority_class")
+    if majority:
+        notes.setdefault("accuracy", []).append(
+            f"train majority {majority['class']} {_number(majority['accuracy'])}"
+        )
+        notes.setdefault("balanced_accuracy", []).append(
+            f"train majority {_number(majority['balanced_accuracy'])}"
+        )
+    oracle = baselines.get("oracle")
+    if oracle:
+        notes.setdefault("balanced_accuracy", []).append(
+            f"oracle ceiling {_number(oracle.get('balanced_accuracy'))}"
+        )
+        if oracle.get("accuracy") is not None:
+            notes.setdefault("accuracy", []).append(f"oracle ceiling {_number(oracle.get('accuracy'))}")
+    location = baselines.get("majority_location")
+    if location:
+        notes.setdefault("spatial_accuracy", []).append(
+            f"always {location['cell']} {_number(location['accuracy'])}"
+        )
+    spatial = baselines.get("constant_spatial_reward")
+    if spatial:
+        notes.setdefault("spatial_accuracy", []).append(
+            f"best constant reward {_number(spatial['reward'])} ({spatial['cell']}, "
+            f"adjacent {spatial['adjacent_credit']:g})"
+        )
+    for key, name in (("bbox_mean_iou", "centre_prior_box_iou"), ("mask_mean_iou", "centre_prior_mask_iou"),
+                      ("outline_mean_iou", "centre_prior_outline_iou")):  # fmt: skip
+        if baselines.get(name) is not None:
+            notes.setdefault(key, []).append(f"centre prior {_number(baselines[name])}")
+    return {key: "; ".join(parts) for key, parts in notes.items()}
+
+
 def format_table(metrics: Mapping[str, Any], *, title: str = "") -> str:
-    """The few numbers a reader wants first, one per line, with lesion-bootstrap intervals."""
+    """The few numbers a reader wants first, one per line, with lesion-bootstrap intervals and, in
+    brackets, the baselines and ceiling of metrics.json's `baselines` beside the metric they bound."""
     majority = metrics.get("majority_baseline") or {}
     bbox = metrics.get("bbox") or {}
+    notes = baseline_notes(metrics)
     rows = [
         ("images", str(metrics["n"])),
         ("parse rate", _number(metrics.get("parse_rate"))),
-        ("accuracy", _number(metrics.get("accuracy")) + _interval(metrics, "accuracy")),
+        (
+            "accuracy",
+            _number(metrics.get("accuracy"))
+            + _interval(metrics, "accuracy")
+            + _beside(notes.get("accuracy", "")),
+        ),
         (
             "balanced accuracy",
-            _number(metrics.get("balanced_accuracy")) + _interval(metrics, "balanced_accuracy"),
+            _number(metrics.get("balanced_accuracy"))
+            + _interval(metrics, "balanced_accuracy")
+            + _beside(notes.get("balanced_accuracy", "")),
         ),
         ("macro F1", _number(metrics.get("macro_f1")) + _interval(metrics, "macro_f1")),
         (
@@ -188,15 +244,31 @@ def format_table(metrics: Mapping[str, Any], *, title: str = "") -> str:
         rows.append(
             (
                 "spatial accuracy",
-                _number(metrics.get("spatial_accuracy")) + _interval(metrics, "spatial_accuracy"),
+                _number(metrics.get("spatial_accuracy"))
+                + _interval(metrics, "spatial_accuracy")
+                + _beside(notes.get("spatial_accuracy", "")),
             )
         )
     if bbox.get("n"):
-        rows.append(("mean box IoU", _number(bbox.get("mean_iou")) + _interval(metrics, "bbox_mean_iou")))
+        rows.append(
+            (
+                "mean box IoU",
+                _number(bbox.get("mean_iou"))
+                + _interval(metrics, "bbox_mean_iou")
+                + _beside(notes.get("bbox_mean_iou", "")),
+            )
+        )
     if metrics.get("mask_n"):
-        rows.append(("mean mask IoU", _number(metrics.get("mask_mean_iou"))))
+        rows.append(
+            ("mean mask IoU", _number(metrics.get("mask_mean_iou")) + _beside(notes.get("mask_mean_iou", "")))
+        )
     if metrics.get("outline_mean_iou") is not None:
-        rows.append(("mean outline IoU", _number(metrics.get("outline_mean_iou"))))
+        rows.append(
+            (
+                "mean outline IoU",
+                _number(metrics.get("outline_mean_iou")) + _beside(notes.get("outline_mean_iou", "")),
+            )
+        )
     calibration = metrics.get("calibration")
     if calibration:
         rows.append(("macro AUROC (OvR)", _number(calibration.get("macro_auroc_ovr"))))
