@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from skinderm.data.classes import CLASS_CODES, LOCATIONS
-from skinderm.data.dermoscopy import SYNTHETIC_ORACLE_JSON
+from skinderm.data.dermoscopy import DEFAULT_SPLIT_PARAMS, SYNTHETIC_ORACLE_JSON
 from skinderm.geometry import box_iou, is_missing_box, valid_box
 from skinderm.rewards.spatial import DEFAULT_ADJACENT_CREDIT, check_adjacent_credit, location_score
 
@@ -254,9 +254,10 @@ def read_oracle(
     """The synthetic Bayes oracle's scores on `split` from `<root>/synthetic_oracle.json`, or None.
 
     None when the file is absent (real data has no known ceiling) or has no entry for the split. When the
-    file was computed on other split parameters than the dataset's (`split_params`, prepare_dataset's
-    dataset.splits), its images are not the scored ones: then None too, with a warning, rather than a
-    ceiling of other images.
+    file was computed on other split parameters than the dataset's (`split_params`: dataset.splits, whose
+    missing keys take prepare_dataset's defaults), its images are not the scored ones: then None too,
+    with a warning, rather than a ceiling of other images. The entry covers the whole split (its
+    n_images), also when evaluation scored a `max_samples` subsample of it.
     """
     if root in (None, "", "???"):
         return None
@@ -268,8 +269,9 @@ def read_oracle(
     if not isinstance(entry, Mapping):
         return None
     written = report.get("split_params")
-    if split_params is not None and isinstance(written, Mapping):
-        differing = sorted(k for k in written if k in split_params and split_params[k] != written[k])
+    if isinstance(written, Mapping):
+        used = {**DEFAULT_SPLIT_PARAMS, **dict(split_params or {})}  # prepare_dataset's defaults fill gaps
+        differing = sorted(k for k in written if k in used and used[k] != written[k])
         if differing:
             log.warning(
                 "%s was computed on other splits (%s differ): no oracle ceiling reported", path, differing

@@ -230,3 +230,28 @@ def test_compute_baselines_and_the_report_put_them_beside_each_metric(tmp_path: 
     assert rows[1][3] == "0.500 (reward 0.750)" and rows[1][6] == "-"
     assert rows[1][4] == f"{baselines['centre_prior_box_iou']:.3f}"
     assert len(rows[1]) == len(module.HEADER)
+
+
+def test_evaluate_fits_the_baselines_on_the_training_split_and_reads_the_oracle(compose_train) -> None:
+    """The command's assembly (commands.evaluation_baselines) on a generated dermoscopy-style set."""
+    from skinderm.evaluation.choice import choose_dataset, choose_model, load_evaluation_records
+    from skinderm.evaluation.commands import evaluation_baselines
+    from tests.conftest import SMALL_DATASET
+
+    cfg = compose_train(
+        [*SMALL_DATASET, "dataset.synthetic.style=dermoscopy", "logger=none", "run=null"],
+        config_name="evaluate",
+    )
+    choice = choose_model(cfg, [])
+    dataset = choose_dataset(cfg, choice, [])
+    records = load_evaluation_records(dataset, "test")
+    baselines = evaluation_baselines(cfg, choice, dataset, records, choice.builder())
+    train = load_evaluation_records(dataset, "train")
+    assert baselines["n_train"] == len(train)
+    assert baselines["majority_class"] == majority_class(train, records)
+    assert baselines["majority_location"] == majority_location(train, records)
+    report = json.loads((Path(dataset["root"]) / "synthetic_oracle.json").read_text())
+    assert {k: baselines["oracle"][k] for k in report["test"]} == report["test"]
+    assert baselines["constant_spatial_reward"]["adjacent_credit"] == 0.5  # zero-shot: the reward's default
+    assert baselines["centre_prior_box_iou"] == centre_prior_box_iou(train, records)["mean_iou"]
+    assert baselines["centre_prior_mask_iou"] is not None
