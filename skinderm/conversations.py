@@ -2,8 +2,12 @@
 
 SFT and GRPO share the prompt, the image size and the answer format, so a model leaving Stage 1 answers
 in exactly the format Stage 2 rewards (public GRPO recipes lose their format reward when these drift).
-Images are decoded once, straight to the size the processor would resize them to (smart_resize), so the
-processor does no resizing and boxes in answers are in the pixel space the model sees.
+Images are decoded straight to the size the processor would resize them to (smart_resize), so the
+processor does no resizing and boxes in answers are in the pixel space the model sees. Training datasets
+hold only an image *source* per example (`image_source`: path + model size, a few bytes) and decode it
+when a batch is read (skinderm.training.common.DecodeImages): 10,015 decoded HAM10000 images at
+504x364 are ~5 GB per rank, their sources well under 1 MB. `sft_example` / `grpo_example` are the same
+examples with the images decoded now (evaluation, tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -130,13 +134,22 @@ class ExampleBuilder:
     def image(self, record: Mapping[str, Any]) -> Image.Image:
         return load_image(record["image_path_abs"], self.model_size(record))
 
-    def sft_example(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Conversational prompt-completion: TRL computes the loss on the completion only."""
+    def image_source(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """What `decode_image_source` needs to decode `image(record)` later: path and model size."""
+        width, height = self.model_size(record)
+        return {"path": str(record["image_path_abs"]), "width": width, "height": height}
+
+    def sft_columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """`sft_example` with `images` holding image sources instead of decoded images (same keys, order)."""
         return {
             "prompt": prompt_messages(self.prompt),
             "completion": [{"role": "assistant", "content": [{"type": "text", "text": self.answer(record)}]}],
-            "images": [self.image(record)],
+            "images": [self.image_source(record)],
         }
+
+    def sft_example(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Conversational prompt-completion: TRL computes the loss on the completion only."""
+        return {**self.sft_columns(record), "images": [self.image(record)]}
 
     def reward_columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """The ground-truth columns reward functions receive (TRL passes dataset columns as kwargs)."""
@@ -151,10 +164,19 @@ class ExampleBuilder:
             "model_height": target["model_height"],
         }
 
-    def grpo_example(self, record: Mapping[str, Any]) -> dict[str, Any]:
-        """Prompt + image + ground-truth columns; TRL hands the extra columns to reward functions."""
+    def grpo_columns(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """`grpo_example` with `images` holding image sources instead of decoded images (same keys, order)."""
         return {
             "prompt": prompt_messages(self.prompt),
-            "images": [self.image(record)],
+            "images": [self.image_source(record)],
             **self.reward_columns(record),
         }
+
+    def grpo_example(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Prompt + image + ground-truth columns; TRL hands the extra columns to reward functions."""
+        return {**self.grpo_columns(record), "images": [self.image(record)]}
+
+
+def decode_image_source(source: Mapping[str, Any]) -> Image.Image:
+    """The image an `ExampleBuilder.image_source` describes, decoded as `ExampleBuilder.image` decodes it."""
+    return load_image(source["path"], (int(source["width"]), int(source["height"])))
