@@ -171,6 +171,14 @@ def check_trl_fields(
     return extra
 
 
+def examples_drawn(trainer: Any) -> int:
+    """Training examples (GRPO: completions) the run's optimizer steps consumed, over all ranks."""
+    args = trainer.args
+    world = int(getattr(args, "world_size", 1) or 1)
+    per_step = int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * world
+    return int(trainer.state.global_step) * per_step
+
+
 def model_loading_arguments(cfg: DictConfig) -> dict[str, Any]:
     """How the hardware group loads weights: dtype, attention kernel, 4-bit quantisation (QLoRA)."""
     from skinderm.models.loading import four_bit_arguments
