@@ -7,8 +7,8 @@ Measures, on the same machine and in the same process:
   decode   images decoded straight to the model input size (JPEG draft + resize), images/s
   collate  TRL's vision-language collator (tokenise + image processing) on batches, samples/s
   train    SFT steps through skinderm's trainer layer (data loading included), samples/s
-The data path (decode happens once per image, before training; collate runs every step) must be well
-above the training rate, or a GPU would wait for it.
+The data path (decode and collate both run for every batch: training datasets decode their images per read,
+skinderm.training.common.image_dataset) must be well above the training rate, or a GPU would wait for it.
 """
 
 from __future__ import annotations
