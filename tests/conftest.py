@@ -21,6 +21,21 @@ SMALL_DATASET = (
 )
 
 
+def cli_env() -> dict[str, str]:
+    """The environment for running an entrypoint in a subprocess: this checkout importable, offline, one
+    thread, W&B offline (no account settings of the user's), tracebacks hidden as for a user."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("WANDB_")}
+    env.pop("SKINDERM_DEBUG", None)
+    repo = Path(__file__).resolve().parents[1]
+    return {
+        **env,
+        "PYTHONPATH": str(repo),
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+    }
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache (synthetic data, tiny model) for the whole session: built once, reused by every test."""

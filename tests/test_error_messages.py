@@ -18,16 +18,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from skinderm.config import user_errors_as_messages
+from tests.conftest import cli_env
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {
-    **{key: value for key, value in os.environ.items() if not key.startswith("WANDB_")},
-    "PYTHONPATH": str(REPO),
-    "OMP_NUM_THREADS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "WANDB_MODE": "offline",
-}
-ENV.pop("SKINDERM_DEBUG", None)
+ENV = cli_env()
 ENV.pop("HYDRA_FULL_ERROR", None)
 
 

@@ -4,7 +4,6 @@ model card; a fresh process loads it with `from_pretrained` and answers exactly 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -26,16 +25,9 @@ from skinderm.evaluation.export import (
     training_command,
     validate_export_config,
 )
-from tests.conftest import SMALL_DATASET, compose_config
+from tests.conftest import SMALL_DATASET, cli_env, compose_config
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "PYTHONPATH": str(REPO),
-    "OMP_NUM_THREADS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "WANDB_MODE": "offline",
-}
+ENV = cli_env()
 N_IMAGES, BATCH, NEW_TOKENS = 6, 3, 24
 FRONT_MATTER_KEYS = {"license", "library_name", "pipeline_tag", "tags"}
 SECTIONS = (
