@@ -2,7 +2,7 @@
 
     python -m skinderm.synthesize out=/tmp/ham_synth dataset.synthetic.num_images=200
     python -m skinderm.synthesize                       # into the cache that dataset=synthetic trains on
-    python -m skinderm.synthesize out=/tmp/derm +dataset.synthetic.style=dermoscopy
+    python -m skinderm.synthesize out=/tmp/derm dataset.synthetic.style=dermoscopy
 
 The dermoscopy style also writes `synthetic_oracle.json` (the Bayes classifier of the latent cues, scored
 on the splits dataset.splits makes) and prints its balanced accuracy per split: the ceiling for any model.

@@ -275,7 +275,7 @@ def test_synthesize_cli_prints_the_oracle(tmp_path: Path, run_cli: Callable[...,
     result = run_cli(
         "skinderm.synthesize", f"out={out}", "dataset.synthetic.num_images=70",
         "dataset.synthetic.image_width=120", "dataset.synthetic.image_height=90",
-        "+dataset.synthetic.style=dermoscopy", "dataset.splits.seed=3", cwd=tmp_path,
+        "dataset.synthetic.style=dermoscopy", "dataset.splits.seed=3", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "Oracle ceiling (Bayes classifier of the latents), balanced accuracy: train " in result.stdout
