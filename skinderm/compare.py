@@ -21,7 +21,8 @@ from skinderm.progress import configure_progress_bars
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="compare")
 def main(cfg: DictConfig) -> None:
     configure_progress_bars()
-    from skinderm.evaluation.compare import run_comparison, validate_compare_config
+    from skinderm.config import validate_compare_config
+    from skinderm.evaluation.compare import run_comparison
 
     with user_errors_as_messages(cfg):
         validate_compare_config(cfg)

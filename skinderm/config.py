@@ -15,6 +15,7 @@ import errno
 import importlib.util
 import math
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -122,7 +123,9 @@ def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
 
 
 OnError = _choices("OnError", ("raise", "skip"))
-Precision = _choices("Precision", ("float32", "bfloat16", "float16"))
+# Weight precisions (hardware.precision, export's dtype).
+DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+Precision = _choices("Precision", DTYPES)
 ClassWeighting = _choices("ClassWeighting", ("none", "inverse_frequency"))
 LoggerMode = _choices("LoggerMode", ("offline", "online", "disabled"))
 SyntheticStyle = _choices("SyntheticStyle", ("simple", "dermoscopy"))
@@ -684,6 +687,7 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 class BootstrapSchema:
     n_resamples: int = MISSING
     seed: int = MISSING
+    confidence: float = 0.95  # conf/compare.yaml sets it; evaluate reports 95% intervals
 
 
 @dataclass
@@ -774,4 +778,78 @@ def validate_predict_config(cfg: DictConfig) -> None:
     if not cfg.image:
         raise ConfigError(
             "config key 'image' is required: python -m skinderm.predict image=/path/to/lesion.jpg"
+        )
+
+
+# --- compare and export (conf/compare.yaml, conf/export.yaml) ---------------------------------------------
+@dataclass
+class CompareSchema:
+    task_name: str = MISSING
+    runs: Any = MISSING
+    split: str | None = None
+    group_key: str = MISSING
+    bootstrap: BootstrapSchema = field(default_factory=BootstrapSchema)
+    paths: Any = None
+    hydra: Any = field(default=None)
+
+
+COMPARE_RANGES: dict[str, Range] = {
+    "bootstrap.n_resamples": Range(low=1, integer=True),
+    "bootstrap.seed": SEED,
+    "bootstrap.confidence": Range(low=0, high=1, low_open=True, high_open=True),
+}
+
+
+def validate_compare_config(cfg: DictConfig) -> None:
+    """Schema and value checks of a composed conf/compare.yaml; raises ConfigError (one line)."""
+    check_schema(cfg, CompareSchema, "", where_to_fix="on the command line or in conf/compare.yaml")
+    check_ranges(cfg, COMPARE_RANGES, top_level_file="conf/compare.yaml")
+    runs = cfg.runs
+    if (
+        not (OmegaConf.is_list(runs) or isinstance(runs, list))
+        or len(runs) != 2
+        or any(r is None or not str(r) for r in runs)
+    ):
+        raise ConfigError(
+            f"config key 'runs' = {OmegaConf.to_container(runs) if OmegaConf.is_config(runs) else runs!r}: "
+            "expected two evaluations, runs=[A,B] (skinderm.evaluate folders or training runs); "
+            "B - A is reported"
+        )
+    if cfg.split is not None and cfg.split not in SPLITS:
+        raise ConfigError(f"config key 'split' = {cfg.split!r}: expected one of {list(SPLITS)} or null")
+    if not str(cfg.group_key).strip():
+        raise ConfigError(
+            "config key 'group_key' is empty: lesion_id (or image_id for an image-level bootstrap)"
+        )
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass
+class ExportSchema:
+    task_name: str = MISSING
+    run: str = MISSING
+    out: str | None = None
+    dtype: str | None = None
+    max_new_tokens: int = MISSING
+    license: str | None = None
+    base_model_path: str | None = None
+    push_to_hub: str | None = None
+    private: bool = MISSING
+    paths: Any = None
+    hydra: Any = field(default=None)
+
+
+def validate_export_config(cfg: DictConfig) -> None:
+    """Schema and value checks of a composed conf/export.yaml; raises ConfigError (one line)."""
+    check_schema(cfg, ExportSchema, "", where_to_fix="on the command line or in conf/export.yaml")
+    check_ranges(cfg, {"max_new_tokens": COUNT}, top_level_file="conf/export.yaml")
+    if cfg.run in (None, "", "null", "none"):
+        raise ConfigError("config key 'run' is required: run=latest or run=<training run folder>")
+    if cfg.dtype is not None and cfg.dtype not in DTYPES:
+        raise ConfigError(f"config key 'dtype' = {cfg.dtype!r}: expected one of {list(DTYPES)} or null")
+    if cfg.push_to_hub is not None and not _REPO_ID.match(str(cfg.push_to_hub)):
+        raise ConfigError(
+            f"config key 'push_to_hub' = {cfg.push_to_hub!r}: expected a Hub repo id such as me/skinderm-sft"
         )

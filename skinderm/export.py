@@ -31,7 +31,8 @@ def _command_line() -> str:
 @hydra.main(version_base="1.3", config_path="pkg://skinderm.conf", config_name="export")
 def main(cfg: DictConfig) -> None:
     configure_progress_bars()
-    from skinderm.evaluation.export import export_run, push_export, validate_export_config
+    from skinderm.config import validate_export_config
+    from skinderm.evaluation.export import export_run, push_export
 
     with user_errors_as_messages(cfg):
         validate_export_config(cfg)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from skinderm.config import validate_export_config
 from skinderm.evaluation.export import (
     ADAPTER_FILES,
     CARD_FILE,
@@ -23,7 +24,6 @@ from skinderm.evaluation.export import (
     push_export,
     training_chain,
     training_command,
-    validate_export_config,
 )
 from tests.conftest import SMALL_DATASET, cli_env, compose_config
 

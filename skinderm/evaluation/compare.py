@@ -17,13 +17,12 @@ import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 
-from skinderm.config import SEED, ConfigError, Range, check_ranges, check_schema
 from skinderm.core.runs import (
     METRICS_FILE,
     MODEL_DIR,
@@ -52,7 +51,6 @@ log = logging.getLogger(__name__)
 
 COMPARE_FILE = "compare.json"
 TABLE_FILE = "compare.md"
-SPLITS: tuple[str, ...] = ("train", "val", "test")
 # The split a training run's evaluation is looked up on when `split` is not set.
 DEFAULT_SPLIT = "test"
 # (key, label) of every headline metric, in table order; keys are compute_metrics' / bootstrap's names.
@@ -72,54 +70,6 @@ _EXAMPLES = 3
 
 # --------------------------------------------------------------------------------------------------
 # Config
-
-
-@dataclass
-class BootstrapSchema:
-    n_resamples: int = MISSING
-    seed: int = MISSING
-    confidence: float = MISSING
-
-
-@dataclass
-class CompareSchema:
-    task_name: str = MISSING
-    runs: Any = MISSING
-    split: str | None = None
-    group_key: str = MISSING
-    bootstrap: BootstrapSchema = field(default_factory=BootstrapSchema)
-    paths: Any = None
-    hydra: Any = field(default=None)
-
-
-COMPARE_RANGES: dict[str, Range] = {
-    "bootstrap.n_resamples": Range(low=1, integer=True),
-    "bootstrap.seed": SEED,
-    "bootstrap.confidence": Range(low=0, high=1, low_open=True, high_open=True),
-}
-
-
-def validate_compare_config(cfg: DictConfig) -> None:
-    """Schema and value checks of a composed conf/compare.yaml; raises ConfigError (one line)."""
-    check_schema(cfg, CompareSchema, "", where_to_fix="on the command line or in conf/compare.yaml")
-    check_ranges(cfg, COMPARE_RANGES, top_level_file="conf/compare.yaml")
-    runs = cfg.runs
-    if (
-        not isinstance(runs, ListConfig | list)
-        or len(runs) != 2
-        or any(is_missing(r) or not str(r) for r in runs)
-    ):
-        raise ConfigError(
-            f"config key 'runs' = {OmegaConf.to_container(runs) if OmegaConf.is_config(runs) else runs!r}: "
-            "expected two evaluations, runs=[A,B] (skinderm.evaluate folders or training runs); "
-            "B - A is reported"
-        )
-    if cfg.split is not None and cfg.split not in SPLITS:
-        raise ConfigError(f"config key 'split' = {cfg.split!r}: expected one of {list(SPLITS)} or null")
-    if not str(cfg.group_key).strip():
-        raise ConfigError(
-            "config key 'group_key' is empty: lesion_id (or image_id for an image-level bootstrap)"
-        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,20 +16,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import shlex
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from skinderm.config import COUNT, ConfigError, check_ranges, check_schema
+from skinderm.config import DTYPES
 from skinderm.core.files import to_plain
 from skinderm.models.checkpoints import (
     FINISHED_MARKER,
@@ -50,7 +49,6 @@ MANIFEST_FILE = "skinderm_export.json"
 CARD_FILE = "README.md"
 EXPORT_DIR = "export"
 EVALUATE_TASK = "evaluate"
-DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 # Files that would make the folder an adapter (not merged) or load through pickle instead of safetensors.
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -66,7 +64,6 @@ BASE_LICENSES: dict[str, tuple[str, str | None, str | None]] = {
 # The tiny model is built by this project from random weights: the project's own licence.
 TINY_LICENSE = "apache-2.0"
 HAM10000_LICENSE = "CC BY-NC 4.0"
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 # Headline metrics of an evaluation, with the bootstrap key holding each one's interval.
 _METRIC_ROWS: tuple[tuple[str, str, str | None], ...] = (
     ("parse rate", "parse_rate", None),
@@ -84,35 +81,6 @@ _METRIC_ROWS: tuple[tuple[str, str, str | None], ...] = (
 
 # --------------------------------------------------------------------------------------------------
 # Config
-
-
-@dataclass
-class ExportSchema:
-    task_name: str = MISSING
-    run: str = MISSING
-    out: str | None = None
-    dtype: str | None = None
-    max_new_tokens: int = MISSING
-    license: str | None = None
-    base_model_path: str | None = None
-    push_to_hub: str | None = None
-    private: bool = MISSING
-    paths: Any = None
-    hydra: Any = field(default=None)
-
-
-def validate_export_config(cfg: DictConfig) -> None:
-    """Schema and value checks of a composed conf/export.yaml; raises ConfigError (one line)."""
-    check_schema(cfg, ExportSchema, "", where_to_fix="on the command line or in conf/export.yaml")
-    check_ranges(cfg, {"max_new_tokens": COUNT}, top_level_file="conf/export.yaml")
-    if cfg.run in (None, "", "null", "none"):
-        raise ConfigError("config key 'run' is required: run=latest or run=<training run folder>")
-    if cfg.dtype is not None and cfg.dtype not in DTYPES:
-        raise ConfigError(f"config key 'dtype' = {cfg.dtype!r}: expected one of {list(DTYPES)} or null")
-    if cfg.push_to_hub is not None and not _REPO_ID.match(str(cfg.push_to_hub)):
-        raise ConfigError(
-            f"config key 'push_to_hub' = {cfg.push_to_hub!r}: expected a Hub repo id such as me/skinderm-sft"
-        )
 
 
 # --------------------------------------------------------------------------------------------------

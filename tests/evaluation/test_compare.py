@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from skinderm.config import ConfigError
+from skinderm.config import ConfigError, validate_compare_config
 from skinderm.evaluation.bootstrap import ACCURACY, bootstrap_replicates, paired_bootstrap
 from skinderm.evaluation.compare import (
     HEADLINE_METRICS,
@@ -25,7 +25,6 @@ from skinderm.evaluation.compare import (
     format_comparison,
     format_difference,
     load_evaluation,
-    validate_compare_config,
 )
 from skinderm.evaluation.report import build_metrics, write_predictions
 
