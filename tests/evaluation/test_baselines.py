@@ -4,6 +4,7 @@ the reward's and the metric's own functions as the reference where a baseline re
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from skinderm.evaluation.baselines import (
     majority_location,
     mean_normalised_box,
     mean_training_mask,
+    prior_level,
     prior_mask,
     read_oracle,
 )
@@ -131,7 +133,12 @@ def test_centre_prior_mask_is_the_thresholded_mean_training_mask(tmp_path: Path)
     mean, used = mean_training_mask(train)
     assert used == 3
     np.testing.assert_allclose(mean, (a.astype(float) + b + c) / 3)
-    prior = (a.astype(int) + b + c) >= 2  # the pixel-wise mean >= 0.5
+    # The prior keeps the highest pixels of the mean, as many as the mean training lesion area: here the
+    # pixels covered by at least 2 of the 3 masks are fewer than that, so those covered once join them.
+    k = round((a.sum() + b.sum() + c.sum()) / 3)
+    covered = a.astype(int) + b + c
+    assert (covered >= 2).sum() < k <= (covered >= 1).sum()
+    prior = covered >= 1
     truth = np.zeros((g, g), bool)
     truth[50:110, 30:80] = True
     empty = np.zeros((g, g), bool)
@@ -153,6 +160,24 @@ def test_centre_prior_mask_is_the_thresholded_mean_training_mask(tmp_path: Path)
         size_of=lambda r: (g, g), target="outline",
     )  # fmt: skip
     assert outline["mean_iou"] == pytest.approx(by_hand)
+
+
+def test_the_prior_has_the_mean_training_area_also_when_lesions_are_spread_out() -> None:
+    """Lesions in every 3x3 cell leave each pixel of the mean mask below 0.5; the prior is not empty but
+    the mean's highest pixels, covering the mean lesion area."""
+    g = 90
+    masks = []
+    for row, col in itertools.product(range(3), range(3)):
+        m = np.zeros((g, g), bool)
+        m[row * 30 + 5 : row * 30 + 25, col * 30 + 5 : col * 30 + 25] = True
+        masks.append(m)
+    centred = np.zeros((g, g), bool)
+    centred[35:55, 35:55] = True
+    mean = (np.sum(masks, axis=0) + centred) / 10
+    assert mean.max() < 0.5
+    prior = prior_mask(mean, (g, g))
+    assert prior.sum() == 400 and prior[35:55, 35:55].all()  # the centre cell, seen twice
+    assert prior_level(np.zeros((4, 4))) == float("inf") and not prior_mask(np.zeros((4, 4)), (8, 8)).any()
 
 
 def test_the_prior_is_scaled_to_each_image_before_the_threshold() -> None:
