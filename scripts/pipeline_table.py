@@ -24,7 +24,9 @@ from typing import Any
 
 from skinderm.evaluation.compare import COMPARE_FILE, difference_name, format_difference
 
-HEADER = ["model", "balanced acc [95% CI]", "accuracy", "location acc", "box mean IoU", "mask IoU",
+# "outline IoU" is evaluation's mask_mean_iou: the predicted polygon vs the lesion mask (the filled box for
+# a run taught no outline).
+HEADER = ["model", "balanced acc [95% CI]", "accuracy", "location acc", "box mean IoU", "outline IoU",
           "parse rate", "n"]  # fmt: skip
 # compare.json metric of each column after "model" (None: no difference is shown there).
 COMPARE_COLUMNS = ["balanced_accuracy", "accuracy", "spatial_accuracy", "bbox_mean_iou", "mask_mean_iou",

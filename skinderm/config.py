@@ -132,6 +132,8 @@ SyntheticStyle = _choices("SyntheticStyle", ("simple", "dermoscopy"))
 Acquisition = _choices("Acquisition", ("standard", "shifted"))
 # SFT examples and GRPO prompts alike (skinderm/training/sampling.py).
 ClassBalance = _choices("ClassBalance", ("none", "balanced", "sqrt"))
+# GRPO's advantage per token (skinderm/training/credit.py).
+Credit = _choices("Credit", ("sequence", "field"))
 
 
 # --- dataset -------------------------------------------------------------------------------------------
@@ -233,6 +235,7 @@ class GRPOStageSchema(CommonStageSchema):
     num_iterations: int = MISSING
     disable_dropout: bool = MISSING
     class_balance: ClassBalance = MISSING  # type: ignore[valid-type]
+    credit: Credit = MISSING  # type: ignore[valid-type]
     train_max_samples: int | None = None
 
 
@@ -697,7 +700,7 @@ class EvaluateSchema:
     run: str | None = None
     split: str = MISSING
     batch_size: int = MISSING
-    max_new_tokens: int = MISSING
+    max_new_tokens: int | None = None
     max_samples: int | None = None
     score_classes: bool = MISSING
     bootstrap: BootstrapSchema = field(default_factory=BootstrapSchema)
@@ -718,7 +721,7 @@ class PredictSchema:
     run: str | None = None
     image: str | None = None
     out: str | None = None
-    max_new_tokens: int = MISSING
+    max_new_tokens: int | None = None
     score_classes: bool = MISSING
     answer: AnswerSchema = field(default_factory=AnswerSchema)
     model: ModelSchema = field(default_factory=ModelSchema)
@@ -736,7 +739,7 @@ def _shared_ranges(*prefixes: str) -> dict[str, Range]:
 EVALUATE_RANGES: dict[str, Range] = {
     "seed": SEED,
     "batch_size": COUNT,
-    "max_new_tokens": COUNT,
+    "max_new_tokens": OPTIONAL_COUNT,
     "max_samples": OPTIONAL_COUNT,
     "bootstrap.n_resamples": NON_NEGATIVE_INT,
     "bootstrap.seed": SEED,
@@ -744,7 +747,7 @@ EVALUATE_RANGES: dict[str, Range] = {
 }
 PREDICT_RANGES: dict[str, Range] = {
     "seed": SEED,
-    "max_new_tokens": COUNT,
+    "max_new_tokens": OPTIONAL_COUNT,
     **_shared_ranges("model", "hardware", "answer"),
 }
 
@@ -832,7 +835,7 @@ class ExportSchema:
     run: str = MISSING
     out: str | None = None
     dtype: str | None = None
-    max_new_tokens: int = MISSING
+    max_new_tokens: int | None = None
     license: str | None = None
     base_model_path: str | None = None
     push_to_hub: str | None = None
@@ -844,7 +847,7 @@ class ExportSchema:
 def validate_export_config(cfg: DictConfig) -> None:
     """Schema and value checks of a composed conf/export.yaml; raises ConfigError (one line)."""
     check_schema(cfg, ExportSchema, "", where_to_fix="on the command line or in conf/export.yaml")
-    check_ranges(cfg, {"max_new_tokens": COUNT}, top_level_file="conf/export.yaml")
+    check_ranges(cfg, {"max_new_tokens": OPTIONAL_COUNT}, top_level_file="conf/export.yaml")
     if cfg.run in (None, "", "null", "none"):
         raise ConfigError("config key 'run' is required: run=latest or run=<training run folder>")
     if cfg.dtype is not None and cfg.dtype not in DTYPES:

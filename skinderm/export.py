@@ -41,7 +41,7 @@ def main(cfg: DictConfig) -> None:
             log_dir=cfg.paths.log_dir,
             out=cfg.out,
             dtype=cfg.dtype,
-            max_new_tokens=int(cfg.max_new_tokens),
+            max_new_tokens=cfg.max_new_tokens,
             license=cfg.license,
             base_model_path=cfg.base_model_path,
             command=_command_line(),

@@ -156,13 +156,13 @@ def test_the_demo_table_ends_with_the_paired_grpo_minus_sft_row(tmp_path: Path, 
     table = _pipeline_table()
     assert table.main([str(sft), str(grpo), "--compare", str(tmp_path / "cmp")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert "mask IoU" in lines[0]
+    assert "outline IoU" in lines[0]
     assert [line.split(" | ")[0].strip() for line in lines[2:]] == [
         "majority class (akiec)", "after sft (t1)", "after grpo (t1)", "GRPO - SFT (paired, 95% CI)",
     ]  # fmt: skip
     cells = [cell.strip() for cell in lines[-1].split(" | ")]
     assert cells[4] == "+0.050 [+0.050, +0.050]"  # box mean IoU
-    assert cells[5].startswith("+0.040 [+0.0")  # mask IoU
+    assert cells[5].startswith("+0.040 [+0.0")  # outline (mask) IoU
     assert cells[1] == "+0.000 [+0.000, +0.000]"  # balanced accuracy: same diagnoses
     other = evaluation_folder(tmp_path, "other", "sft", records(80))
     with pytest.raises(SystemExit, match="not one of the evaluations in this table"):

@@ -26,6 +26,21 @@ log = logging.getLogger(__name__)
 
 # Keys of the model group a run fixes (answers are in the pixel space they define).
 RUN_FIXED_MODEL_KEYS: tuple[str, ...] = ("min_pixels", "max_pixels")
+# Longest answer generated for a model group zero-shot (run=null), which brings no recipe: the pretrained
+# recipes' eval.max_new_tokens (conf/train.yaml), room for Qwen2's 242-token longest answer with a 16-point
+# polygon (docs/recipes.md).
+ZERO_SHOT_MAX_NEW_TOKENS = 320
+
+
+def generation_budget(run_cfg: DictConfig | None, requested: int | None) -> int:
+    """The `max_new_tokens` a command generates with: `requested` when given, else the budget the run's
+    recipe chose for the answer it taught (its `eval.max_new_tokens`, which its own val check used), else
+    ZERO_SHOT_MAX_NEW_TOKENS. A run taught polygons needs ~5x the tokens of a box answer: one fixed
+    default either truncates its outlines or wastes nothing only by luck."""
+    if requested is not None:
+        return int(requested)
+    budget = None if run_cfg is None else OmegaConf.select(run_cfg, "eval.max_new_tokens", default=None)
+    return int(budget) if budget is not None else ZERO_SHOT_MAX_NEW_TOKENS
 
 
 def command_line_overrides() -> list[str]:
@@ -57,6 +72,10 @@ class ModelChoice:
     answer: dict[str, Any]
     model_overrides: dict[str, Any]
     run_cfg: DictConfig | None
+
+    def max_new_tokens(self, requested: int | None) -> int:
+        """`generation_budget` of this choice's run (or zero-shot)."""
+        return generation_budget(self.run_cfg, requested)
 
     @property
     def description(self) -> str:

@@ -55,6 +55,7 @@ def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
     configure_torch(effective)
     model, processor = load_chosen_model(choice, to_plain(cfg.hardware))
 
+    max_new_tokens = choice.max_new_tokens(cfg.max_new_tokens)
     started = time.perf_counter()
     predictions, _ = evaluate_records(
         model,
@@ -62,7 +63,7 @@ def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
         records,
         builder,
         batch_size=int(cfg.batch_size),
-        max_new_tokens=int(cfg.max_new_tokens),
+        max_new_tokens=max_new_tokens,
         desc=f"{cfg.split} answers",
         score_classes=bool(cfg.score_classes),
     )
@@ -78,7 +79,7 @@ def run_evaluation(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
         "max_samples": cfg.max_samples,
         "answer_fields": list(choice.answer["fields"]),
         "batch_size": int(cfg.batch_size),
-        "max_new_tokens": int(cfg.max_new_tokens),
+        "max_new_tokens": max_new_tokens,
         "score_classes": bool(cfg.score_classes),
         "seconds": round(elapsed, 2),
         "images_per_s": round(len(records) / elapsed, 3) if elapsed > 0 else None,
@@ -215,7 +216,8 @@ def run_prediction(cfg: DictConfig, *, overrides: Sequence[str] | None = None) -
     model, processor = load_chosen_model(choice, to_plain(cfg.hardware))
     image = load_image(image_path, model_size)
     completion = generate_answers(
-        model, processor, [image], builder.prompt, batch_size=1, max_new_tokens=int(cfg.max_new_tokens),
+        model, processor, [image], builder.prompt, batch_size=1,
+        max_new_tokens=choice.max_new_tokens(cfg.max_new_tokens),
         desc="answer",
     )[0]  # fmt: skip
     parsed = parse_answer(completion)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from skinderm.config import DTYPES
 from skinderm.core.files import to_plain
+from skinderm.evaluation.choice import generation_budget
 from skinderm.models.checkpoints import (
     FINISHED_MARKER,
     METRICS_FILE,
@@ -103,7 +104,7 @@ def export_run(
     log_dir: str | Path,
     out: str | Path | None = None,
     dtype: str | None = None,
-    max_new_tokens: int = 256,
+    max_new_tokens: int | None = None,
     license: str | None = None,
     base_model_path: str | None = None,
     command: str | None = None,
@@ -111,8 +112,9 @@ def export_run(
     """Write the merged model, processor, model card and manifest of a finished run into `out`.
 
     `out` defaults to `<run>/export`. `dtype` defaults to the precision the run trained in (the merge
-    itself is done in float32). `base_model_path`: where an adapter run's base checkpoint lives on this
-    machine, if not at the run's model.name_or_path (the card still names the recorded base).
+    itself is done in float32). `max_new_tokens` (generation_config.json) defaults to the run's own
+    generation budget (`generation_budget`). `base_model_path`: where an adapter run's base checkpoint
+    lives on this machine, if not at the run's model.name_or_path (the card still names the recorded base).
     `command`: the export command line, for the card.
     """
     run_dir = resolve_run(run, log_dir)
@@ -140,6 +142,7 @@ def export_run(
 
         model = model.to(getattr(torch, dtype))
     model.eval()
+    max_new_tokens = generation_budget(run_cfg, max_new_tokens)
     set_greedy_generation(model, processor, max_new_tokens=max_new_tokens)
     merged = is_adapter_folder(run_dir / MODEL_DIR)
 

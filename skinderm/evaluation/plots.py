@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Polygon as MplPolygon
 from matplotlib.patches import Rectangle
 
 from skinderm.evaluation.calibration import reliability_curve
@@ -177,6 +178,15 @@ def _draw_box(axes: Any, box: Sequence[float], colour: str) -> None:
     )
 
 
+def _draw_polygon(axes: Any, polygon: Sequence[Sequence[float]], colour: str) -> None:
+    """The predicted outline as a closed line (fewer than 3 valid points draw nothing)."""
+    points = [(float(x), float(y)) for x, y in polygon]
+    if len(points) >= 3:
+        axes.add_patch(
+            MplPolygon(points, closed=True, fill=False, edgecolor=colour, linewidth=1.0, linestyle="--")
+        )
+
+
 def plot_prediction_grid(
     records: Records,
     image_loader: Callable[[Mapping[str, Any]], Any],
@@ -210,6 +220,8 @@ def plot_prediction_grid(
             _draw_box(axes, record["bbox_true"], TRUE_COLOUR)
         if not is_missing(record.get("bbox_pred")):
             _draw_box(axes, record["bbox_pred"], PRED_COLOUR)
+        if not is_missing(record.get("polygon_pred")):
+            _draw_polygon(axes, record["polygon_pred"], PRED_COLOUR)
         predicted = record.get("dx_pred")
         label = f"{record.get('dx_true')}/{'?' if is_missing(predicted) else predicted}"
         iou = record_iou(record)

@@ -323,7 +323,7 @@ def log_to_wandb(
     tracker.log({f"{prefix}/plots/{name}": wandb.Image(str(path)) for name, path in plots.items()})
     columns = [
         "image_id", "lesion_id", "image", "dx_true", "dx_pred", "correct", "p_true", "location_true",
-        "location_pred", "iou", "mask_iou", "parse_ok", "completion",
+        "location_pred", "iou", "mask_iou", "outline_iou", "parse_ok", "completion",
     ]  # fmt: skip
     table = wandb.Table(columns=columns)
     for row, prediction in enumerate(predictions):
@@ -350,6 +350,7 @@ def log_to_wandb(
             prediction.get("location_pred") or "",
             None if is_missing(prediction.get("iou")) else float(prediction["iou"]),
             None if is_missing(prediction.get("mask_iou")) else float(prediction["mask_iou"]),
+            None if is_missing(prediction.get("outline_iou")) else float(prediction["outline_iou"]),
             bool(prediction.get("parse_ok")),
             str(prediction.get("completion", "")),
         )

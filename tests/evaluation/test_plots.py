@@ -75,6 +75,16 @@ def test_prediction_grid_draws_true_green_and_predicted_red_boxes(records, tmp_p
     assert _colour_pixels(path, (0xD7, 0x30, 0x27)) > 50  # predicted boxes (and wrong labels)
 
 
+def test_prediction_grid_also_draws_the_predicted_outline(records, tmp_path):
+    grey = Image.new("RGB", (120, 90), (128, 128, 128))
+    boxed = [dict(r, bbox_pred=[40, 30, 110, 80], dx_pred=r["dx_true"]) for r in records[:4]]
+    outlined = [dict(r, polygon_pred=[[5, 5], [60, 10], [30, 70]]) for r in boxed]
+    without = plot_prediction_grid(boxed, lambda r: grey, tmp_path / "box.png", n=4)
+    with_outline = plot_prediction_grid(outlined, lambda r: grey, tmp_path / "outline.png", n=4)
+    red = (0xD7, 0x30, 0x27)
+    assert _colour_pixels(with_outline, red) > _colour_pixels(without, red) + 50
+
+
 def test_prediction_grid_names_the_image_whose_loader_failed(records, tmp_path):
     def loader(record):
         raise FileNotFoundError("no such file")
