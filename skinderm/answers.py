@@ -245,6 +245,12 @@ def answer_to_dict(parsed: ParsedAnswer) -> dict[str, Any]:
 
 
 def _first_answer_object(text: str) -> dict[str, Any] | None:
+    found = _locate_answer_object(text)
+    return None if found is None else found[0]
+
+
+def _locate_answer_object(text: str) -> tuple[dict[str, Any], int] | None:
+    """(the answer object parse_answer reads, the index of its `{`), or None."""
     counts = _ObjectCounts()
     # One decoder per call: the counts it writes are this call's alone (rewards may run in threads).
     decoder = json.JSONDecoder(parse_int=_parse_json_int, object_pairs_hook=counts.object_from_pairs)
@@ -262,9 +268,47 @@ def _first_answer_object(text: str) -> dict[str, Any] | None:
             if counts.duplicates and counts.answers:
                 return None  # the first answer is ambiguous: void, do not look for a later one
             if any(name in value for name in ANSWER_FIELDS):
-                return value
+                return value, start
         start = text.find("{", start + 1)
     return None
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def answer_field_spans(text: Any) -> dict[str, tuple[int, int]]:
+    """Where each answer field's VALUE is in `text`: {field: (start, end)} character offsets, for the
+    fields of ANSWER_FIELDS in the object `parse_answer` reads; {} when it reads none. Never raises.
+
+    GRPO's field-level credit (skinderm/training/credit.py) pays the tokens of each value for that
+    field's reward alone; everything outside these spans (braces, keys, prose) is shared.
+    """
+    if not isinstance(text, str):
+        return {}
+    text = text[:MAX_PARSE_CHARS]
+    found = _locate_answer_object(text)
+    if found is None:
+        return {}
+    decoder = json.JSONDecoder(parse_int=_parse_json_int)
+    spans: dict[str, tuple[int, int]] = {}
+    pos = _WHITESPACE.match(text, found[1] + 1).end()
+    try:
+        while pos < len(text) and text[pos] == '"':
+            key, pos = json.decoder.scanstring(text, pos + 1)
+            pos = _WHITESPACE.match(text, pos).end()
+            if text[pos : pos + 1] != ":":
+                break
+            start = _WHITESPACE.match(text, pos + 1).end()
+            _, pos = decoder.raw_decode(text, start)
+            if key in ANSWER_FIELDS:
+                spans[key] = (start, pos)
+            pos = _WHITESPACE.match(text, pos).end()
+            if text[pos : pos + 1] != ",":
+                break
+            pos = _WHITESPACE.match(text, pos + 1).end()
+    except (ValueError, RecursionError):  # cannot happen on an object raw_decode accepted; stay total
+        return {}
+    return spans
 
 
 # Diagnosis and location share one normalisation: Unicode NFKC + casefold (so full-width "ｍｅｌ" and

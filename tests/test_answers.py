@@ -18,6 +18,7 @@ from skinderm.answers import (
     MAX_DIAGNOSIS_CHARS,
     NEGATION_WORDS,
     ParsedAnswer,
+    answer_field_spans,
     answer_to_dict,
     completion_text,
     diagnosis_candidates,
@@ -119,6 +120,42 @@ def test_parse_reads_back_everything_format_writes(
     assert parsed.bbox_2d == tuple(float(v) for v in box)
     assert parsed.polygon == tuple((float(x), float(y)) for x, y in polygon)
     assert parsed.fields == frozenset(ANSWER_FIELDS)
+    # Each field's value is found where it was written (GRPO's field-level credit pays those tokens).
+    spans = answer_field_spans(f"Answer: {text} done")
+    written = json.loads(text)
+    assert set(spans) == set(ANSWER_FIELDS)
+    for name, (start, end) in spans.items():
+        assert json.loads(f"Answer: {text} done"[start:end]) == written[name]
+
+
+# --- answer_field_spans: where each value is ------------------------------------------------------
+
+
+def test_field_spans_are_those_of_the_object_parse_answer_reads() -> None:
+    text = (
+        '{"note": 1} {"wrap": {"location": "top-left" , "x": [1, {"y": 2}],"diagnosis":"nv"}} '
+        '{"diagnosis": "mel"}'
+    )
+    spans = answer_field_spans(text)
+    found = {name: text[a:b] for name, (a, b) in spans.items()}
+    assert found == {"location": '"top-left"', "diagnosis": '"nv"'}
+    assert parse_answer(text).diagnosis == "nv"
+
+
+@pytest.mark.parametrize(
+    "text", ["", "no answer", '{"diagnosis": "mel", "diagnosis": "nv"}', '{"diagnosis": ', "{" * 50, None, 42]
+)
+def test_no_answer_has_no_field_spans(text: object) -> None:
+    assert answer_field_spans(text) == {}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from('{}[]",: 0123456789abdgnosilctpyx_\\n'), max_size=120))
+def test_field_spans_never_raise_and_always_hold_a_decodable_value(text: str) -> None:
+    spans = answer_field_spans(text)
+    assert set(spans) <= set(ANSWER_FIELDS)
+    for start, end in spans.values():
+        json.loads(text[start:end])
 
 
 # --- parse_answer: where the answer is ------------------------------------------------------------

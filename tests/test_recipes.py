@@ -35,6 +35,8 @@ PRETRAINED_SFT: dict[str, Any] = {
     "stage.lr_scheduler_type": "cosine",
     "stage.warmup_steps": 30,
     "stage.class_balance": "sqrt",
+    "answer.fields": ["diagnosis", "location", "bbox_2d", "polygon"],
+    "answer.polygon_max_points": 16,
     "eval.max_new_tokens": 320,
     "model.lora.enabled": True,
     "hardware.gradient_checkpointing": True,
@@ -46,6 +48,8 @@ PRETRAINED_GRPO: dict[str, Any] = {
     "stage.per_device_train_batch_size": 8,
     "stage.gradient_accumulation_steps": 4,
     "stage.max_completion_length": 320,
+    "answer.fields": ["diagnosis", "location", "bbox_2d", "polygon"],
+    "answer.polygon_max_points": 16,
     "stage.beta": 0.0,
     "stage.lr_scheduler_type": "constant_with_warmup",
     "stage.warmup_steps": 10,
@@ -53,8 +57,8 @@ PRETRAINED_GRPO: dict[str, Any] = {
     "model.lora.enabled": True,
     "hardware.gradient_checkpointing": True,
 }
-# The embedded default's recipe, exactly as it composed before the stage defaults became the pretrained
-# recipe (2026-12-01): `python -m skinderm.train` and `python -m skinderm.train stage=grpo`.
+# The embedded default's recipe: `python -m skinderm.train` and `python -m skinderm.train stage=grpo`
+# (answers with an 8-point outline since 2026-12-01).
 TINY_SFT: dict[str, Any] = {
     "stage.learning_rate": 1e-3,
     "stage.lr_multipliers": {"vision": 3.0, "merger": 3.0},
@@ -68,22 +72,28 @@ TINY_SFT: dict[str, Any] = {
     "stage.class_balance": "balanced",
     "stage.eval_steps": 250,
     "stage.save_steps": 250,
-    "eval.max_new_tokens": 48,
+    "answer.fields": ["diagnosis", "location", "bbox_2d", "polygon"],
+    "answer.polygon_max_points": 8,
+    "eval.max_new_tokens": 160,
     "model.lora.enabled": False,
     "hardware.gradient_checkpointing": False,
 }
 TINY_GRPO: dict[str, Any] = {
     "stage.learning_rate": 2e-5,
-    "stage.max_steps": 30,
+    "stage.max_steps": 400,
+    "stage.temperature": 0.7,
+    "stage.trl": {"multi_objective_aggregation": "normalize_then_sum"},
     "stage.num_generations": 4,
     "stage.per_device_train_batch_size": 8,
     "stage.gradient_accumulation_steps": 1,
-    "stage.max_completion_length": 48,
+    "stage.max_completion_length": 160,
     "stage.beta": 0.0,
     "stage.lr_scheduler_type": "constant",
     "stage.warmup_steps": 0,
     "stage.save_steps": 50,
-    "eval.max_new_tokens": 48,
+    "answer.fields": ["diagnosis", "location", "bbox_2d", "polygon"],
+    "answer.polygon_max_points": 8,
+    "eval.max_new_tokens": 160,
     "model.lora.enabled": False,
     "hardware.gradient_checkpointing": False,
 }
@@ -154,11 +164,16 @@ def test_command_line_keys_win_over_the_recipe(compose_train) -> None:
     assert (cfg.stage.learning_rate, cfg.stage.lr_multipliers, cfg.eval.max_new_tokens) == (5e-4, None, 64)
 
 
-def test_tiny_recipe_experiment_composes_the_embedded_default(compose_train) -> None:
-    """The hint in conf/train.yaml: `experiment=tiny_recipe` (no `+`: the defaults list already names it)."""
-    assert OmegaConf.to_container(compose_train(["experiment=tiny_recipe"])) == OmegaConf.to_container(
-        compose_train([])
-    )
+def test_tiny_recipe_experiment_composes_the_embedded_default_with_its_measured_answer(compose_train) -> None:
+    """The hint in conf/train.yaml: `experiment=tiny_recipe` (no `+`: the defaults list already names it).
+    It is the embedded default except for the answer it was measured with (2026-11-28, no outline)."""
+    pinned = OmegaConf.to_container(compose_train(["experiment=tiny_recipe"]))
+    default = OmegaConf.to_container(compose_train([]))
+    assert pinned["answer"]["fields"] == ["diagnosis", "location", "bbox_2d"]
+    assert pinned["eval"]["max_new_tokens"] == 48
+    for cfg in (pinned, default):
+        del cfg["answer"], cfg["eval"]["max_new_tokens"]
+    assert pinned == default
 
 
 def longest_answer(fields: tuple[str, ...], *, coordinate: int, polygon_points: int) -> list[str]:
@@ -198,13 +213,16 @@ def test_pretrained_completion_budget_holds_the_longest_answer(compose_train, na
 
 
 def test_tiny_completion_budget_holds_its_longest_answer(compose_train) -> None:
-    """The tiny model's own tokenizer, 224x168 input (3-digit coordinates), the default fields: 41 tokens."""
+    """The tiny model's own tokenizer, 224x168 input (3-digit coordinates), the default fields with its
+    8-point outline: 123 tokens; both budgets keep >= 25% to spare."""
     from skinderm.models.tiny import train_tiny_tokenizer
 
     cfg = compose_train([])
     tokenizer = train_tiny_tokenizer(int(cfg.model.tiny.vocab_size))
-    answers = longest_answer(tuple(cfg.answer.fields), coordinate=999, polygon_points=0)
+    answers = longest_answer(
+        tuple(cfg.answer.fields), coordinate=999, polygon_points=int(cfg.answer.polygon_max_points)
+    )
     longest = max(len(tokenizer(answer)["input_ids"]) for answer in answers) + 1  # + <|im_end|>
-    assert longest == 41
-    assert TINY_SFT["eval.max_new_tokens"] >= longest
-    assert TINY_GRPO["stage.max_completion_length"] >= longest
+    assert longest == 123
+    assert TINY_SFT["eval.max_new_tokens"] >= 1.25 * longest
+    assert TINY_GRPO["stage.max_completion_length"] >= 1.25 * longest

@@ -47,6 +47,15 @@ WEIGHT_KEYS: tuple[str, ...] = ("diagnosis", "spatial", "bbox", "outline", "form
 # The answer field each localisation term reads, and where its weight goes when that field is not taught.
 LOCALISATION_FIELDS: dict[str, str] = {"bbox": "bbox_2d", "outline": "polygon"}
 _PARTNER: dict[str, str] = {"bbox": "outline", "outline": "bbox"}
+# The answer field each reward function (by its name, as TRL logs it) judges; format judges the whole
+# answer. GRPO's field-level credit pays each field's tokens for its own term (skinderm/training/credit.py).
+REWARD_FIELDS: dict[str, str | None] = {
+    "diagnosis": "diagnosis",
+    "spatial": "location",
+    "bbox_iou": "bbox_2d",
+    "outline_iou": "polygon",
+    "format": None,
+}
 _REWARD_KEYS = frozenset({"weights", "diagnosis", "spatial", "outline", "format", "iou_kind"})
 RETIRED_MESSAGE = (
     "is retired: the box and the outline are separate terms now, "

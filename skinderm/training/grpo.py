@@ -29,6 +29,7 @@ from skinderm.training.common import (
     trainer_arguments,
     with_trl_fields,
 )
+from skinderm.training.credit import CREDITS, field_credit_advantages
 from skinderm.training.resume import ResumableTrainerMixin
 from skinderm.training.sampling import PromptGroupSampler, draws_report
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
@@ -59,7 +60,10 @@ def resolve_init_run(cfg: DictConfig) -> Path:
 
 def _check_same_answer_format(cfg: DictConfig, sft_cfg: DictConfig, run_dir: Path) -> None:
     """GRPO must ask and reward exactly what SFT taught, at the same image size."""
-    for key in ("answer.fields", "model.min_pixels", "model.max_pixels"):
+    keys = ["answer.fields", "model.min_pixels", "model.max_pixels"]
+    if "polygon" in (OmegaConf.select(cfg, "answer.fields") or []):
+        keys.append("answer.polygon_max_points")  # the outline's vertex budget is part of what was taught
+    for key in keys:
         ours, theirs = OmegaConf.select(cfg, key), OmegaConf.select(sft_cfg, key)
         if to_plain(ours) != to_plain(theirs):
             raise ValueError(
@@ -97,10 +101,14 @@ class SkindermGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
         *args: Any,
         prompt_labels: Sequence[str],
         class_balance: str,
+        credit: str = "sequence",
         completion_samples: int = 0,
         **kwargs: Any,
     ) -> None:
         self._prompt_labels, self._class_balance = list(prompt_labels), class_balance
+        if credit not in CREDITS:
+            raise ValueError(f"stage.credit={credit!r}: choose one of {list(CREDITS)}")
+        self._credit, self._rewards_per_func = credit, None
         super().__init__(*args, **kwargs)
         self._completion_samples = completion_samples
         self.log_completions = False  # TRL's own table is replaced by _log_completion_table
@@ -116,6 +124,36 @@ class SkindermGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
             batch_size=self.args.generation_batch_size // self.num_generations,
             repeat_count=self.num_iterations * self.args.steps_per_generation,
         )
+
+    def _calculate_rewards(
+        self, inputs: Any, prompts: Any, completions: Any, completion_ids_list: Any
+    ) -> Any:
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards  # all processes' rows: field credit groups them as TRL does
+        return rewards
+
+    def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
+        """TRL's rollout; under `stage.credit: field` its (B,) advantages become (B, T) token advantages
+        (skinderm/training/credit.py), which TRL's loss accepts as they are."""
+        output = super()._generate_and_score_completions(inputs)
+        if self._credit == "field" and self._rewards_per_func is not None:
+            local = output["completion_ids"].shape[0]
+            rank = self.accelerator.process_index
+            mode = "train" if self.model.training else "eval"
+            output["advantages"] = field_credit_advantages(
+                self._rewards_per_func,
+                self.reward_weights,
+                self.reward_func_names,
+                output["completion_ids"],
+                output["completion_mask"],
+                self.processing_class,
+                num_generations=self.num_generations if mode == "train" else self.num_generations_eval,
+                scale_rewards=str(self.scale_rewards),
+                rows=slice(rank * local, (rank + 1) * local),
+                aggregation=str(self.multi_objective_aggregation),
+            ).to(output["advantages"].dtype)
+        self._rewards_per_func = None
+        return output
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         training = self.model.training
@@ -264,6 +302,7 @@ def run_grpo(
         completion_samples=int(cfg.logger.get("log_completions", 0)) if cfg.logger.name == "wandb" else 0,
         prompt_labels=[record["dx"] for record in train_records],
         class_balance=cfg.stage.class_balance,
+        credit=str(cfg.stage.credit),
     )
     if cfg.hardware.record_shards:
         record_data_shards(trainer, run.path / SHARDS_DIR)

@@ -124,13 +124,43 @@ def test_grpo_from_latest_sft_run_records_reward_trends(compose_train, sft_run: 
     cfg = compose_train([*FAST, "stage=grpo", "stage.max_steps=2", f"stage.init_from={sft_run}"])
     metrics = _run(cfg, tmp_path / "grpo")
     assert metrics["init_from"] == str(sft_run)
-    # The default answer has no polygon: the outline weight (0.15) moves to the box term.
-    assert metrics["reward_names"] == ["diagnosis", "spatial", "bbox_iou"]
-    assert metrics["reward_weights"] == pytest.approx({"diagnosis": 0.4, "spatial": 0.3, "bbox_iou": 0.3})
-    for name in ("rewards/diagnosis/mean", "rewards/spatial/mean", "rewards/bbox_iou/mean", "reward"):
+    # The default answer carries the outline: the box and the outline terms share localisation's 0.3.
+    assert metrics["reward_names"] == ["diagnosis", "spatial", "bbox_iou", "outline_iou"]
+    assert metrics["reward_weights"] == pytest.approx(
+        {"diagnosis": 0.4, "spatial": 0.3, "bbox_iou": 0.15, "outline_iou": 0.15}
+    )
+    for name in ("rewards/bbox_iou/mean", "rewards/outline_iou/mean", "reward"):
         assert set(metrics["reward_trends"][name]) == {"first_10pct", "last_10pct", "n_logs"}
     assert {"reward_weighted", "reward_diagnosis"} <= set(metrics["val_before"])
     assert (tmp_path / "grpo" / "model" / "model.safetensors").is_file()
+
+
+def test_field_credit_hands_trl_per_token_advantages_that_split_by_field(
+    compose_train, sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stage.credit=field: TRL's loss receives (B, T) advantages whose rows sum, field by field, to the
+    sequence advantage; the run trains and writes its policy like any other."""
+    import torch
+
+    import skinderm.training.grpo as grpo
+
+    seen: list[torch.Tensor] = []
+
+    def spy(*args, **kwargs):
+        out = credit(*args, **kwargs)
+        seen.append(out)
+        return out
+
+    credit = grpo.field_credit_advantages
+    monkeypatch.setattr(grpo, "field_credit_advantages", spy)
+    cfg = compose_train(
+        [*FAST, "stage=grpo", "stage.max_steps=2", "stage.credit=field", f"stage.init_from={sft_run}"]
+    )
+    metrics = _run(cfg, tmp_path / "grpo_field")
+    assert metrics["global_step"] == 2 and seen
+    per_step = int(cfg.stage.per_device_train_batch_size)
+    assert all(out.dim() == 2 and out.shape[0] == per_step for out in seen)
+    assert (tmp_path / "grpo_field" / "model" / "model.safetensors").is_file()
 
 
 def test_grpo_without_any_sft_run_says_what_to_do(compose_train) -> None:

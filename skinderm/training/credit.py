@@ -1,0 +1,171 @@
+"""Field-level credit for GRPO: each answer field's tokens are paid for that field's reward.
+
+GRPO gives every token of a completion one advantage, the group-normalised weighted total of all reward
+terms. In a JSON answer the terms read disjoint fields: the diagnosis term reads the `diagnosis` value, the
+box term the `bbox_2d` value, the outline term the `polygon` value. With one shared advantage the box tokens
+are also paid for the outline's IoU, which the box conditions (the polygon comes after it): on the
+embedded default GRPO raised outline IoU by +0.05 while box IoU fell (docs/recipes.md), even with the box
+weighted 5x the outline. Fine-grained RLHF (Wu et al., 2023, arXiv:2306.01693) assigns each reward to the
+span of text it judges; this is that for a structured answer.
+
+`stage.credit: field` splits TRL's advantage term by term. With r_k the term-k rewards of a group, w_k
+their weights and s the group's std of the weighted total (TRL's `scale_rewards`),
+    a_k = w_k (r_k - mean_group r_k) / s,        sum_k a_k = TRL's sequence advantage,
+so the scale of the update is GRPO's. A token inside the value of field f (skinderm.answers'
+`answer_field_spans`) gets the sum of a_k over the terms that read f; every other token (braces, keys,
+a field whose term is absent or a completion that does not parse) gets the whole sum. A term without
+ground truth for a row (None, NaN in TRL) contributes 0 there, as TRL leaves it out of the total.
+`stage.credit: sequence` is TRL's own rule, unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from skinderm.answers import answer_field_spans
+from skinderm.rewards.registry import REWARD_FIELDS
+
+CREDITS: tuple[str, ...] = ("sequence", "field")
+
+
+def term_advantages(
+    rewards: torch.Tensor,
+    weights: torch.Tensor,
+    num_generations: int,
+    scale_rewards: str,
+    aggregation: str = "sum_then_normalize",
+) -> torch.Tensor:
+    """(N, K) per-term advantages a_k whose row sums are TRL 1.16's advantages.
+
+    `rewards` is TRL's rewards_per_func (N completions x K terms, NaN = no ground truth), grouped by
+    consecutive runs of `num_generations`; `scale_rewards` is group | batch | none and `aggregation`
+    sum_then_normalize | normalize_then_sum, as in GRPOConfig (`multi_objective_aggregation`).
+    """
+    if rewards.dim() != 2 or rewards.shape[0] % num_generations:
+        raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not form groups of {num_generations}")
+    if aggregation == "normalize_then_sum":
+        return _normalized_term_advantages(rewards, weights, num_generations)
+    if aggregation != "sum_then_normalize":
+        raise ValueError(f"aggregation={aggregation!r}: expected sum_then_normalize or normalize_then_sum")
+    present = ~torch.isnan(rewards)
+    weighted = torch.where(present, rewards, torch.zeros_like(rewards)) * weights.to(rewards).unsqueeze(0)
+    total = weighted.sum(dim=1)
+    unscorable = ~present.any(dim=1)
+    total = torch.where(unscorable, torch.full_like(total, float("nan")), total)
+    groups = rewards.shape[0] // num_generations
+    # Each term's deviation from its group mean over the rows that have it (TRL's nanmean of the total
+    # equals the sum of these means when every row has the same terms).
+    grouped = rewards.view(groups, num_generations, -1)
+    term_mean = torch.nanmean(grouped, dim=1, keepdim=True).expand_as(grouped).reshape_as(rewards)
+    deviation = torch.where(present, rewards - term_mean, torch.zeros_like(rewards))
+    advantages = deviation * weights.to(rewards).unsqueeze(0)
+    if scale_rewards == "none":
+        return advantages
+    if scale_rewards == "group":
+        std = _nanstd(total.view(groups, num_generations), dim=1).repeat_interleave(num_generations)
+    elif scale_rewards == "batch":
+        std = _nanstd(total, dim=0).expand_as(total)
+    else:
+        raise ValueError(f"scale_rewards={scale_rewards!r}: expected group, batch or none")
+    return advantages / (torch.nan_to_num(std, nan=0.0) + 1e-4).unsqueeze(1)
+
+
+def _normalized_term_advantages(
+    rewards: torch.Tensor, weights: torch.Tensor, num_generations: int
+) -> torch.Tensor:
+    """normalize_then_sum (GDPO-style decoupled normalisation): each term is standardised within its
+    group first, z_k = (r_k - mean_k) / std_k, so a small-variance term (box IoU beside a noisy outline)
+    keeps a unit-scale signal; TRL then standardises the weighted sum over the batch."""
+    groups = rewards.shape[0] // num_generations
+    grouped = rewards.view(groups, num_generations, -1)
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    std = _nanstd(grouped, dim=1).unsqueeze(1) if num_generations > 1 else torch.zeros_like(mean)
+    z = torch.nan_to_num((grouped - mean) / (torch.nan_to_num(std, nan=0.0) + 1e-4), nan=0.0)
+    weighted = z.reshape_as(rewards) * weights.to(rewards).unsqueeze(0)
+    total = weighted.sum(dim=1)
+    unscorable = torch.isnan(rewards).all(dim=1)
+    scorable = total[~unscorable]
+    if scorable.numel() == 0:
+        return torch.zeros_like(weighted)
+    centre = scorable.mean()
+    spread = scorable.std() if scorable.numel() > 1 else torch.zeros_like(centre)
+    # Split the batch centring evenly over the terms present, so the row sums are TRL's advantages.
+    present = (~torch.isnan(rewards)).to(weighted)
+    share = present / present.sum(dim=1, keepdim=True).clamp(min=1)
+    advantages = (weighted - centre * share) / (spread + 1e-4)
+    return torch.where(unscorable.unsqueeze(1), torch.zeros_like(advantages), advantages)
+
+
+def _nanstd(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sample std ignoring NaN (TRL's nanstd: Bessel-corrected)."""
+    count = (~torch.isnan(values)).sum(dim=dim)
+    mean = torch.nanmean(values, dim=dim, keepdim=True)
+    squared = torch.nansum((values - mean) ** 2, dim=dim)
+    return torch.sqrt(squared / (count - 1).clamp(min=1))
+
+
+def token_char_ends(tokenizer: Any, token_ids: Sequence[int]) -> list[int]:
+    """For each token, the length of the text decoded from the tokens up to and including it (the text
+    TRL hands the rewards: special tokens skipped), so token j covers characters [ends[j-1], ends[j])."""
+    prefixes = [list(token_ids[: j + 1]) for j in range(len(token_ids))]
+    if not prefixes:
+        return []
+    return [len(text) for text in tokenizer.batch_decode(prefixes, skip_special_tokens=True)]
+
+
+def token_advantages(
+    advantages: torch.Tensor,
+    term_fields: Sequence[str | None],
+    spans: Mapping[str, tuple[int, int]],
+    char_ends: Sequence[int],
+    length: int,
+) -> torch.Tensor:
+    """(length,) advantages of one completion's tokens from its (K,) per-term `advantages`.
+
+    A token whose characters overlap the value span of field f gets the sum of the terms reading f;
+    every other token (and every token past `char_ends`, i.e. padding) the sum of all terms.
+    """
+    total = advantages.sum()
+    out = total.expand(length).clone()
+    for field, (start, end) in spans.items():
+        terms = [k for k, name in enumerate(term_fields) if name == field]
+        if not terms:
+            continue
+        paid = advantages[terms].sum()
+        begin = 0
+        for j, stop in enumerate(char_ends[:length]):
+            if begin < end and stop > start and stop > begin:  # the token overlaps [start, end)
+                out[j] = paid
+            begin = stop
+    return out
+
+
+def field_credit_advantages(
+    rewards: torch.Tensor,
+    weights: torch.Tensor,
+    reward_names: Sequence[str],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    tokenizer: Any,
+    *,
+    num_generations: int,
+    scale_rewards: str,
+    rows: slice,
+    aggregation: str = "sum_then_normalize",
+) -> torch.Tensor:
+    """(B, T) token advantages for the completions `rows` of the global reward batch (this process's
+    slice, as TRL slices its advantages); `completion_ids` / `completion_mask` are that slice's (B, T)."""
+    per_term = term_advantages(rewards, weights, num_generations, scale_rewards, aggregation)[rows]
+    per_term = torch.nan_to_num(per_term, nan=0.0).to(torch.float32)
+    term_fields = [REWARD_FIELDS.get(name) for name in reward_names]
+    length = completion_ids.shape[1]
+    out = torch.empty((completion_ids.shape[0], length), dtype=torch.float32)
+    for i in range(completion_ids.shape[0]):
+        ids = completion_ids[i][completion_mask[i].bool()].tolist()
+        ends = token_char_ends(tokenizer, ids)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        out[i] = token_advantages(per_term[i], term_fields, answer_field_spans(text), ends, length)
+    return out.to(completion_ids.device)

@@ -1,0 +1,148 @@
+"""Field-level credit: each answer field's tokens carry that field's share of TRL's advantage."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skinderm.answers import ANSWER_FIELDS, format_answer
+from skinderm.rewards.registry import REWARD_FIELDS
+from skinderm.training.credit import (
+    field_credit_advantages,
+    term_advantages,
+    token_advantages,
+    token_char_ends,
+)
+
+NAMES = ["diagnosis", "spatial", "bbox_iou", "outline_iou"]
+WEIGHTS = torch.tensor([0.4, 0.3, 0.15, 0.15])
+
+
+def trl_advantages(rewards: torch.Tensor, weights: torch.Tensor, n: int, scale: str) -> torch.Tensor:
+    """TRL 1.16's sum_then_normalize advantage, written out for full reward rows."""
+    total = (rewards * weights).sum(dim=1)
+    grouped = total.view(-1, n)
+    advantages = total - grouped.mean(dim=1).repeat_interleave(n)
+    if scale == "group":
+        advantages = advantages / (grouped.std(dim=1).repeat_interleave(n) + 1e-4)
+    elif scale == "batch":
+        advantages = advantages / (total.std() + 1e-4)
+    return advantages
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_term_advantages_add_up_to_trls_sequence_advantage(scale: str) -> None:
+    rewards = torch.rand(12, 4, generator=torch.Generator().manual_seed(0))
+    per_term = term_advantages(rewards, WEIGHTS, 4, scale)
+    assert per_term.shape == (12, 4)
+    torch.testing.assert_close(per_term.sum(dim=1), trl_advantages(rewards, WEIGHTS, 4, scale))
+
+
+def test_normalize_then_sum_terms_add_up_to_trls_advantage_and_keep_each_term_at_unit_scale() -> None:
+    rewards = torch.rand(8, 4, generator=torch.Generator().manual_seed(2))
+    rewards[:, 2] = rewards[:, 2] * 0.01  # a term with a hundredth of the others' spread
+    per_term = term_advantages(rewards, WEIGHTS, 4, "group", "normalize_then_sum")
+    grouped = rewards.view(2, 4, 4)
+    z = ((grouped - grouped.mean(dim=1, keepdim=True)) / (grouped.std(dim=1, keepdim=True) + 1e-4)).view(8, 4)
+    total = (z * WEIGHTS).sum(dim=1)
+    torch.testing.assert_close(per_term.sum(dim=1), (total - total.mean()) / (total.std() + 1e-4))
+    scale = per_term.abs().mean(dim=0) / WEIGHTS
+    assert scale.min() > 0.3 * scale.max()  # the small-spread term is not drowned out
+    with pytest.raises(ValueError, match="aggregation"):
+        term_advantages(rewards, WEIGHTS, 4, "group", "max")
+
+
+def test_a_term_without_ground_truth_pays_nothing_for_that_row() -> None:
+    rewards = torch.tensor([[1.0, 0.2], [0.0, float("nan")], [1.0, 0.6], [0.0, 0.4]])
+    per_term = term_advantages(rewards, torch.tensor([1.0, 1.0]), 4, "none")
+    assert per_term[1, 1] == 0
+    # The term's group mean is over the rows that have it: (0.2 + 0.6 + 0.4) / 3.
+    torch.testing.assert_close(per_term[[0, 2, 3], 1], torch.tensor([-0.2, 0.2, 0.0]))
+    torch.testing.assert_close(per_term[:, 0], torch.tensor([0.5, -0.5, 0.5, -0.5]))
+
+
+def test_groups_must_be_whole() -> None:
+    with pytest.raises(ValueError, match="groups of 4"):
+        term_advantages(torch.zeros(6, 2), torch.ones(2), 4, "group")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from skinderm.models.tiny import train_tiny_tokenizer
+
+    return train_tiny_tokenizer(1024)
+
+
+ANSWER = format_answer(
+    diagnosis="mel",
+    location="center-center",
+    bbox_2d=[61, 40, 170, 130],
+    polygon=[[61, 80], [100, 40], [170, 85], [110, 130]],
+    fields=ANSWER_FIELDS,
+)
+
+
+def test_token_char_ends_track_the_decoded_text(tokenizer) -> None:
+    ids = tokenizer(ANSWER)["input_ids"]
+    ends = token_char_ends(tokenizer, ids)
+    assert len(ends) == len(ids) and ends[-1] == len(ANSWER)
+    assert ends == sorted(ends)
+    assert token_char_ends(tokenizer, []) == []
+
+
+def test_each_field_value_carries_its_terms_advantage_and_the_rest_the_total(tokenizer) -> None:
+    from skinderm.answers import answer_field_spans
+
+    ids = tokenizer(ANSWER)["input_ids"]
+    per_term = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    fields = [REWARD_FIELDS[name] for name in NAMES]
+    spans = answer_field_spans(ANSWER)
+    out = token_advantages(per_term, fields, spans, token_char_ends(tokenizer, ids), len(ids) + 5)
+    ends = token_char_ends(tokenizer, ids)
+    text_of = {value: "" for value in (1.0, 2.0, 3.0, 4.0, 10.0)}
+    begin = 0
+    for j, stop in enumerate(ends):
+        text_of[float(out[j])] += ANSWER[begin:stop]
+        begin = stop
+    # The digits of each value reach only its own term; keys and braces get the whole sum (10).
+    assert "mel" in text_of[1.0] and "center" in text_of[2.0]
+    assert "61, 40, 170, 130" in text_of[3.0] and "[100, 40], [170, 85]" in text_of[4.0]
+    assert "diagnosis" in text_of[10.0] and "bbox" in text_of[10.0] and "polygon" in text_of[10.0]
+    assert not any(ch.isdigit() for ch in text_of[10.0].replace("bbox_2d", ""))
+    assert (out[len(ids) :] == 10.0).all()  # padding (masked out by TRL's loss anyway)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["not json at all", '{"diagnosis": "mel", "diagnosis": "nv"}', '{"other": 1}', ""],
+)
+def test_an_answer_that_does_not_parse_gets_the_sequence_advantage_everywhere(tokenizer, text: str) -> None:
+    ids = tokenizer(text)["input_ids"] or [0]
+    completion = torch.tensor([ids])
+    rewards = torch.tensor([[1.0, 1.0, 0.5, 0.2], [0.0, 0.5, 0.1, 0.1]])
+    out = field_credit_advantages(
+        rewards, WEIGHTS, NAMES, completion, torch.ones_like(completion), tokenizer,
+        num_generations=2, scale_rewards="group", rows=slice(0, 1),
+    )  # fmt: skip
+    expected = trl_advantages(rewards, WEIGHTS, 2, "group")[0]
+    torch.testing.assert_close(out, torch.full_like(out, float(expected)))
+
+
+def test_field_credit_slices_this_process_rows_and_ignores_padding(tokenizer) -> None:
+    ids = tokenizer(ANSWER)["input_ids"]
+    short = tokenizer('{"diagnosis": "nv"}')["input_ids"]
+    width = len(ids)
+    completion = torch.zeros((2, width), dtype=torch.long)
+    mask = torch.zeros((2, width), dtype=torch.long)
+    completion[0], mask[0] = torch.tensor(ids), 1
+    completion[1, : len(short)], mask[1, : len(short)] = torch.tensor(short), 1
+    rewards = torch.rand(4, 4, generator=torch.Generator().manual_seed(1))
+    out = field_credit_advantages(
+        rewards, WEIGHTS, NAMES, completion, mask, tokenizer,
+        num_generations=4, scale_rewards="group", rows=slice(2, 4),
+    )  # fmt: skip
+    per_term = term_advantages(rewards, WEIGHTS, 4, "group")[2:4]
+    assert out.shape == (2, width)
+    assert set(out[0].tolist()) == set(per_term[0].tolist()) | {float(per_term[0].sum())}
+    padding = out[1, len(short) :]
+    torch.testing.assert_close(padding, torch.full_like(padding, float(per_term[1].sum())))
