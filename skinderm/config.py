@@ -134,6 +134,7 @@ Acquisition = _choices("Acquisition", ("standard", "shifted"))
 ClassBalance = _choices("ClassBalance", ("none", "balanced", "sqrt"))
 # GRPO's advantage per token (skinderm/training/credit.py).
 Credit = _choices("Credit", ("sequence", "field"))
+Baseline = _choices("Baseline", ("group", "greedy"))
 
 
 # --- dataset -------------------------------------------------------------------------------------------
@@ -236,6 +237,7 @@ class GRPOStageSchema(CommonStageSchema):
     disable_dropout: bool = MISSING
     class_balance: ClassBalance = MISSING  # type: ignore[valid-type]
     credit: Credit = MISSING  # type: ignore[valid-type]
+    baseline: Baseline = MISSING  # type: ignore[valid-type]
     train_max_samples: int | None = None
 
 

@@ -104,6 +104,7 @@ def generate_answers(
     max_new_tokens: int = 64,
     min_new_tokens: int = 0,
     desc: str = "generate",
+    progress_bar: bool = True,
 ) -> list[str]:
     """Greedy answers for each image, generated `batch_size` at a time with left padding.
 
@@ -120,7 +121,9 @@ def generate_answers(
     model.eval()
     answers: list[str] = []
     try:
-        with tqdm(total=len(images), desc=desc, unit="img", mininterval=2.0) as progress:
+        with tqdm(
+            total=len(images), desc=desc, unit="img", mininterval=2.0, disable=not progress_bar
+        ) as progress:
             for count, inputs in prepared_batches(processor, images, text, batch_size):
                 inputs = inputs.to(model.device)
                 output = model.generate(

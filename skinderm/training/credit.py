@@ -30,6 +30,10 @@ from skinderm.answers import answer_field_spans
 from skinderm.rewards.registry import REWARD_FIELDS
 
 CREDITS: tuple[str, ...] = ("sequence", "field")
+# What a completion's reward is measured from: TRL's group mean, or its prompt's greedy answer (ReMax,
+# Li et al. 2023, arXiv:2310.10505): a sample better than what evaluation would see is pushed up, a worse
+# one down, so the update moves the greedy answer rather than only sharpening around it.
+BASELINES: tuple[str, ...] = ("group", "greedy")
 
 
 def term_advantages(
@@ -38,17 +42,22 @@ def term_advantages(
     num_generations: int,
     scale_rewards: str,
     aggregation: str = "sum_then_normalize",
+    baseline: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N, K) per-term advantages a_k whose row sums are TRL 1.16's advantages.
 
     `rewards` is TRL's rewards_per_func (N completions x K terms, NaN = no ground truth), grouped by
     consecutive runs of `num_generations`; `scale_rewards` is group | batch | none and `aggregation`
     sum_then_normalize | normalize_then_sum, as in GRPOConfig (`multi_objective_aggregation`).
+    `baseline` ((N / num_generations, K), e.g. each group's greedy answer's rewards) replaces the group
+    mean each term is measured from (a NaN entry falls back to the mean); the scales stay the group's.
     """
     if rewards.dim() != 2 or rewards.shape[0] % num_generations:
         raise ValueError(f"rewards of shape {tuple(rewards.shape)} do not form groups of {num_generations}")
+    if baseline is not None and baseline.shape != (rewards.shape[0] // num_generations, rewards.shape[1]):
+        raise ValueError(f"baseline of shape {tuple(baseline.shape)} does not give one row per group")
     if aggregation == "normalize_then_sum":
-        return _normalized_term_advantages(rewards, weights, num_generations)
+        return _normalized_term_advantages(rewards, weights, num_generations, baseline)
     if aggregation != "sum_then_normalize":
         raise ValueError(f"aggregation={aggregation!r}: expected sum_then_normalize or normalize_then_sum")
     present = ~torch.isnan(rewards)
@@ -60,7 +69,7 @@ def term_advantages(
     # Each term's deviation from its group mean over the rows that have it (TRL's nanmean of the total
     # equals the sum of these means when every row has the same terms).
     grouped = rewards.view(groups, num_generations, -1)
-    term_mean = torch.nanmean(grouped, dim=1, keepdim=True).expand_as(grouped).reshape_as(rewards)
+    term_mean = _reference(grouped, baseline).expand_as(grouped).reshape_as(rewards)
     deviation = torch.where(present, rewards - term_mean, torch.zeros_like(rewards))
     advantages = deviation * weights.to(rewards).unsqueeze(0)
     if scale_rewards == "none":
@@ -74,15 +83,24 @@ def term_advantages(
     return advantages / (torch.nan_to_num(std, nan=0.0) + 1e-4).unsqueeze(1)
 
 
+def _reference(grouped: torch.Tensor, baseline: torch.Tensor | None) -> torch.Tensor:
+    """(groups, 1, K): what each term is measured from, the baseline where given, else the group mean."""
+    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    if baseline is None:
+        return mean
+    given = baseline.to(grouped).unsqueeze(1)
+    return torch.where(torch.isnan(given), mean, given)
+
+
 def _normalized_term_advantages(
-    rewards: torch.Tensor, weights: torch.Tensor, num_generations: int
+    rewards: torch.Tensor, weights: torch.Tensor, num_generations: int, baseline: torch.Tensor | None = None
 ) -> torch.Tensor:
     """normalize_then_sum (GDPO-style decoupled normalisation): each term is standardised within its
     group first, z_k = (r_k - mean_k) / std_k, so a small-variance term (box IoU beside a noisy outline)
     keeps a unit-scale signal; TRL then standardises the weighted sum over the batch."""
     groups = rewards.shape[0] // num_generations
     grouped = rewards.view(groups, num_generations, -1)
-    mean = torch.nanmean(grouped, dim=1, keepdim=True)
+    mean = _reference(grouped, baseline)
     std = _nanstd(grouped, dim=1).unsqueeze(1) if num_generations > 1 else torch.zeros_like(mean)
     z = torch.nan_to_num((grouped - mean) / (torch.nan_to_num(std, nan=0.0) + 1e-4), nan=0.0)
     weighted = z.reshape_as(rewards) * weights.to(rewards).unsqueeze(0)
@@ -91,7 +109,9 @@ def _normalized_term_advantages(
     scorable = total[~unscorable]
     if scorable.numel() == 0:
         return torch.zeros_like(weighted)
-    centre = scorable.mean()
+    # Centred on the batch mean as TRL does, except against a baseline: there the sign says better or
+    # worse than the baseline answer, and re-centring would undo it.
+    centre = scorable.mean() if baseline is None else torch.zeros_like(scorable.mean())
     spread = scorable.std() if scorable.numel() > 1 else torch.zeros_like(centre)
     # Split the batch centring evenly over the terms present, so the row sums are TRL's advantages.
     present = (~torch.isnan(rewards)).to(weighted)
@@ -145,22 +165,15 @@ def token_advantages(
 
 
 def field_credit_advantages(
-    rewards: torch.Tensor,
-    weights: torch.Tensor,
+    per_term: torch.Tensor,
     reward_names: Sequence[str],
     completion_ids: torch.Tensor,
     completion_mask: torch.Tensor,
     tokenizer: Any,
-    *,
-    num_generations: int,
-    scale_rewards: str,
-    rows: slice,
-    aggregation: str = "sum_then_normalize",
 ) -> torch.Tensor:
-    """(B, T) token advantages for the completions `rows` of the global reward batch (this process's
-    slice, as TRL slices its advantages); `completion_ids` / `completion_mask` are that slice's (B, T)."""
-    per_term = term_advantages(rewards, weights, num_generations, scale_rewards, aggregation)[rows]
-    per_term = torch.nan_to_num(per_term, nan=0.0).to(torch.float32)
+    """(B, T) token advantages of this process's completions from their (B, K) `term_advantages` rows;
+    `completion_ids` / `completion_mask` are TRL's (B, T) tensors of the same completions."""
+    per_term = torch.nan_to_num(per_term, nan=0.0).to(torch.float32).cpu()
     term_fields = [REWARD_FIELDS.get(name) for name in reward_names]
     length = completion_ids.shape[1]
     out = torch.empty((completion_ids.shape[0], length), dtype=torch.float32)

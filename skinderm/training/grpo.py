@@ -8,12 +8,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from trl import GRPOConfig, GRPOTrainer
 
 from skinderm.core.files import to_plain
 from skinderm.core.runs import MODEL_DIR, RESOLVED_CONFIG_FILE, RunFolder, find_latest_run
 from skinderm.data.splits import subsample
+from skinderm.evaluation.generation import generate_answers
 from skinderm.models.checkpoints import is_adapter_folder, load_run_model
 from skinderm.rewards import build_reward_functions
 from skinderm.training.common import (
@@ -29,11 +31,17 @@ from skinderm.training.common import (
     trainer_arguments,
     with_trl_fields,
 )
-from skinderm.training.credit import CREDITS, field_credit_advantages
+from skinderm.training.credit import BASELINES, CREDITS, field_credit_advantages, term_advantages
 from skinderm.training.resume import ResumableTrainerMixin
 from skinderm.training.sampling import PromptGroupSampler, draws_report
 from skinderm.training.shards import SHARDS_DIR, record_data_shards
-from skinderm.training.val_check import val_check, val_records, write_val_check
+from skinderm.training.val_check import (
+    generation_model,
+    reward_components,
+    val_check,
+    val_records,
+    write_val_check,
+)
 
 log = logging.getLogger(__name__)
 
@@ -102,13 +110,17 @@ class SkindermGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
         prompt_labels: Sequence[str],
         class_balance: str,
         credit: str = "sequence",
+        baseline: str = "group",
+        prompt: str = "",
         completion_samples: int = 0,
         **kwargs: Any,
     ) -> None:
         self._prompt_labels, self._class_balance = list(prompt_labels), class_balance
         if credit not in CREDITS:
             raise ValueError(f"stage.credit={credit!r}: choose one of {list(CREDITS)}")
-        self._credit, self._rewards_per_func = credit, None
+        if baseline not in BASELINES:
+            raise ValueError(f"stage.baseline={baseline!r}: choose one of {list(BASELINES)}")
+        self._credit, self._baseline, self._prompt, self._rewards_per_func = credit, baseline, prompt, None
         super().__init__(*args, **kwargs)
         self._completion_samples = completion_samples
         self.log_completions = False  # TRL's own table is replaced by _log_completion_table
@@ -133,27 +145,61 @@ class SkindermGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
         return rewards
 
     def _generate_and_score_completions(self, inputs: Any) -> dict[str, Any]:
-        """TRL's rollout; under `stage.credit: field` its (B,) advantages become (B, T) token advantages
-        (skinderm/training/credit.py), which TRL's loss accepts as they are."""
+        """TRL's rollout, then our advantages where asked: under `stage.baseline: greedy` each completion
+        is measured against its prompt's greedy answer instead of the group mean; under `stage.credit:
+        field` the (B,) advantages become (B, T) token advantages (skinderm/training/credit.py), which
+        TRL's loss accepts as they are. With neither, TRL's advantages are untouched."""
         output = super()._generate_and_score_completions(inputs)
-        if self._credit == "field" and self._rewards_per_func is not None:
-            local = output["completion_ids"].shape[0]
-            rank = self.accelerator.process_index
-            mode = "train" if self.model.training else "eval"
-            output["advantages"] = field_credit_advantages(
-                self._rewards_per_func,
-                self.reward_weights,
-                self.reward_func_names,
-                output["completion_ids"],
-                output["completion_mask"],
+        rewards, self._rewards_per_func = self._rewards_per_func, None
+        if rewards is None or (self._credit == "sequence" and self._baseline == "group"):
+            return output
+        n = self.num_generations if self.model.training else self.num_generations_eval
+        baseline = self._greedy_rewards(inputs, n) if self._baseline == "greedy" else None
+        local = output["completion_ids"].shape[0]
+        rank = self.accelerator.process_index
+        per_term = term_advantages(
+            rewards, self.reward_weights, n, str(self.scale_rewards), str(self.multi_objective_aggregation),
+            baseline,
+        )[rank * local : (rank + 1) * local]  # fmt: skip
+        if self._credit == "field":
+            advantages = field_credit_advantages(
+                per_term, self.reward_func_names, output["completion_ids"], output["completion_mask"],
                 self.processing_class,
-                num_generations=self.num_generations if mode == "train" else self.num_generations_eval,
-                scale_rewards=str(self.scale_rewards),
-                rows=slice(rank * local, (rank + 1) * local),
-                aggregation=str(self.multi_objective_aggregation),
-            ).to(output["advantages"].dtype)
-        self._rewards_per_func = None
+            )  # fmt: skip
+        else:
+            advantages = torch.nan_to_num(per_term, nan=0.0).sum(dim=1)
+        output["advantages"] = advantages.to(output["advantages"].device, output["advantages"].dtype)
         return output
+
+    def _greedy_rewards(self, inputs: Sequence[Mapping[str, Any]], num_generations: int) -> Any:
+        """(groups, K) reward terms of each prompt's greedy answer, all processes' groups in TRL's order.
+
+        The prompts of a group are consecutive (PromptGroupSampler), so every num_generations-th row is a
+        group's; the greedy answer is what evaluation scores, the reference ReMax measures samples from."""
+        heads = list(inputs)[::num_generations]
+        with generation_model(self) as model:
+            completions = generate_answers(
+                model, self.processing_class, [row["images"][0] for row in heads], self._prompt,
+                batch_size=len(heads), max_new_tokens=int(self.max_completion_length), progress_bar=False,
+            )  # fmt: skip
+        columns = [
+            {key: value for key, value in row.items() if key not in ("prompt", "images")} for row in heads
+        ]
+        scores = reward_components(self.reward_funcs, completions, columns)
+        rows = [
+            [float("nan") if v is None else float(v) for v in scores[name]] for name in self.reward_func_names
+        ]
+        local = torch.tensor(
+            rows,
+            dtype=torch.float32,
+            device=self.accelerator.device,
+        ).T
+        greedy = self.accelerator.gather(local)
+        weights = self.reward_weights.to(greedy)
+        self._metrics["train"]["greedy_reward"].append(float(torch.nansum(greedy * weights, dim=1).mean()))
+        for k, name in enumerate(self.reward_func_names):
+            self._metrics["train"][f"greedy_rewards/{name}"].append(float(torch.nanmean(greedy[:, k])))
+        return greedy
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         training = self.model.training
@@ -303,6 +349,8 @@ def run_grpo(
         prompt_labels=[record["dx"] for record in train_records],
         class_balance=cfg.stage.class_balance,
         credit=str(cfg.stage.credit),
+        baseline=str(cfg.stage.baseline),
+        prompt=builder.prompt,
     )
     if cfg.hardware.record_shards:
         record_data_shards(trainer, run.path / SHARDS_DIR)

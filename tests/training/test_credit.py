@@ -61,6 +61,29 @@ def test_a_term_without_ground_truth_pays_nothing_for_that_row() -> None:
     torch.testing.assert_close(per_term[:, 0], torch.tensor([0.5, -0.5, 0.5, -0.5]))
 
 
+def test_against_the_greedy_baseline_a_sample_is_paid_for_beating_the_greedy_answer() -> None:
+    rewards = torch.tensor([[0.9], [0.5], [0.7], [0.3]])  # one term, one group of 4
+    greedy = torch.tensor([[0.7]])
+    for aggregation in ("sum_then_normalize", "normalize_then_sum"):
+        per_term = term_advantages(rewards, torch.ones(1), 4, "group", aggregation, greedy)
+        signs = torch.sign(per_term[:, 0]).tolist()
+        assert signs == [1.0, -1.0, 0.0, -1.0], aggregation  # better, worse, equal, worse than greedy
+    # Scaled by the group's spread as GRPO scales: (r - greedy) / std.
+    torch.testing.assert_close(
+        term_advantages(rewards, torch.ones(1), 4, "group", baseline=greedy)[:, 0],
+        (rewards[:, 0] - 0.7) / (rewards[:, 0].std() + 1e-4),
+    )
+
+
+def test_a_missing_baseline_entry_falls_back_to_the_group_mean() -> None:
+    rewards = torch.tensor([[1.0, 0.2], [0.0, 0.6]])
+    greedy = torch.tensor([[float("nan"), 0.6]])
+    per_term = term_advantages(rewards, torch.ones(2), 2, "none", baseline=greedy)
+    torch.testing.assert_close(per_term, torch.tensor([[0.5, -0.4], [-0.5, 0.0]]))
+    with pytest.raises(ValueError, match="one row per group"):
+        term_advantages(rewards, torch.ones(2), 2, "none", baseline=torch.zeros(2, 2))
+
+
 def test_groups_must_be_whole() -> None:
     with pytest.raises(ValueError, match="groups of 4"):
         term_advantages(torch.zeros(6, 2), torch.ones(2), 4, "group")
@@ -120,15 +143,13 @@ def test_an_answer_that_does_not_parse_gets_the_sequence_advantage_everywhere(to
     ids = tokenizer(text)["input_ids"] or [0]
     completion = torch.tensor([ids])
     rewards = torch.tensor([[1.0, 1.0, 0.5, 0.2], [0.0, 0.5, 0.1, 0.1]])
-    out = field_credit_advantages(
-        rewards, WEIGHTS, NAMES, completion, torch.ones_like(completion), tokenizer,
-        num_generations=2, scale_rewards="group", rows=slice(0, 1),
-    )  # fmt: skip
+    per_term = term_advantages(rewards, WEIGHTS, 2, "group")[:1]
+    out = field_credit_advantages(per_term, NAMES, completion, torch.ones_like(completion), tokenizer)
     expected = trl_advantages(rewards, WEIGHTS, 2, "group")[0]
     torch.testing.assert_close(out, torch.full_like(out, float(expected)))
 
 
-def test_field_credit_slices_this_process_rows_and_ignores_padding(tokenizer) -> None:
+def test_field_credit_gives_each_completion_its_own_rows_terms_and_ignores_padding(tokenizer) -> None:
     ids = tokenizer(ANSWER)["input_ids"]
     short = tokenizer('{"diagnosis": "nv"}')["input_ids"]
     width = len(ids)
@@ -137,11 +158,8 @@ def test_field_credit_slices_this_process_rows_and_ignores_padding(tokenizer) ->
     completion[0], mask[0] = torch.tensor(ids), 1
     completion[1, : len(short)], mask[1, : len(short)] = torch.tensor(short), 1
     rewards = torch.rand(4, 4, generator=torch.Generator().manual_seed(1))
-    out = field_credit_advantages(
-        rewards, WEIGHTS, NAMES, completion, mask, tokenizer,
-        num_generations=4, scale_rewards="group", rows=slice(2, 4),
-    )  # fmt: skip
     per_term = term_advantages(rewards, WEIGHTS, 4, "group")[2:4]
+    out = field_credit_advantages(per_term, NAMES, completion, mask, tokenizer)
     assert out.shape == (2, width)
     assert set(out[0].tolist()) == set(per_term[0].tolist()) | {float(per_term[0].sum())}
     padding = out[1, len(short) :]

@@ -135,11 +135,11 @@ def test_grpo_from_latest_sft_run_records_reward_trends(compose_train, sft_run: 
     assert (tmp_path / "grpo" / "model" / "model.safetensors").is_file()
 
 
-def test_field_credit_hands_trl_per_token_advantages_that_split_by_field(
+def test_field_credit_and_greedy_baseline_hand_trl_per_token_advantages(
     compose_train, sft_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """stage.credit=field: TRL's loss receives (B, T) advantages whose rows sum, field by field, to the
-    sequence advantage; the run trains and writes its policy like any other."""
+    """stage.credit=field with stage.baseline=greedy: TRL's loss receives (B, T) advantages measured from
+    each prompt's greedy answer, whose reward is logged every step; the run writes its policy as any other."""
     import torch
 
     import skinderm.training.grpo as grpo
@@ -153,12 +153,25 @@ def test_field_credit_hands_trl_per_token_advantages_that_split_by_field(
 
     credit = grpo.field_credit_advantages
     monkeypatch.setattr(grpo, "field_credit_advantages", spy)
+    greedy_rewards = grpo.SkindermGRPOTrainer._greedy_rewards
+    greedy: list[torch.Tensor] = []
+
+    def greedy_spy(self, inputs, num_generations):
+        out = greedy_rewards(self, inputs, num_generations)
+        greedy.append(out)
+        return out
+
+    monkeypatch.setattr(grpo.SkindermGRPOTrainer, "_greedy_rewards", greedy_spy)
     cfg = compose_train(
-        [*FAST, "stage=grpo", "stage.max_steps=2", "stage.credit=field", f"stage.init_from={sft_run}"]
-    )
+        [*FAST, "stage=grpo", "stage.max_steps=2", "stage.credit=field", "stage.baseline=greedy",
+         f"stage.init_from={sft_run}"]
+    )  # fmt: skip
     metrics = _run(cfg, tmp_path / "grpo_field")
     assert metrics["global_step"] == 2 and seen
     per_step = int(cfg.stage.per_device_train_batch_size)
+    groups = per_step // int(cfg.stage.num_generations)
+    assert len(greedy) == 2 and all(out.shape == (groups, len(metrics["reward_names"])) for out in greedy)
+    assert all(((out >= 0) & (out <= 1)).all() for out in greedy)
     assert all(out.dim() == 2 and out.shape[0] == per_step for out in seen)
     assert (tmp_path / "grpo_field" / "model" / "model.safetensors").is_file()
 
