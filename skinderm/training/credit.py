@@ -17,6 +17,10 @@ so the scale of the update is GRPO's. A token inside the value of field f (skind
 a field whose term is absent or a completion that does not parse) gets the whole sum. A term without
 ground truth for a row (None, NaN in TRL) contributes 0 there, as TRL leaves it out of the total.
 `stage.credit: sequence` is TRL's own rule, unchanged.
+
+`stage.baseline: greedy` replaces the group mean each term is measured from by the term's reward for the
+prompt's greedy answer (`term_advantages(baseline=...)`); it composes with either credit. Neither option
+raised box IoU on the embedded default (docs/recipes.md): both are there to be measured, not defaults.
 """
 
 from __future__ import annotations

@@ -97,7 +97,9 @@ def load_stage1_policy(cfg: DictConfig, init_run: Path) -> tuple[Any, Any, Any]:
 
 
 class SkindermGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
-    """GRPOTrainer whose W&B completion table holds plain cells (TRL 1.16's crashes on image prompts).
+    """TRL's GRPOTrainer with skinderm's prompt sampler (`stage.class_balance`), exact resume, optional
+    field-level credit and greedy baseline (`stage.credit`, `stage.baseline`: skinderm/training/credit.py),
+    and a W&B completion table that holds plain cells (TRL 1.16's crashes on image prompts).
 
     TRL puts chat messages (lists of dicts) and lists of images into `wandb.Table` cells, which raises
     "Data row contained incompatible types". We keep TRL's sampling/logging and write our own table: the
