@@ -134,10 +134,22 @@ def _nanstd(values: torch.Tensor, dim: int) -> torch.Tensor:
 
 def token_char_ends(tokenizer: Any, token_ids: Sequence[int]) -> list[int]:
     """For each token, the length of the text decoded from the tokens up to and including it (the text
-    TRL hands the rewards: special tokens skipped), so token j covers characters [ends[j-1], ends[j])."""
-    prefixes = [list(token_ids[: j + 1]) for j in range(len(token_ids))]
-    if not prefixes:
+    TRL hands the rewards: special tokens skipped), so token j covers characters [ends[j-1], ends[j]).
+
+    Token by token where the pieces add up to the whole text (one batched decode, linear in the length);
+    otherwise (a character split across byte-level tokens, cleanup of spaces) prefix by prefix, exact but
+    quadratic."""
+    if not token_ids:
         return []
+    ids = list(token_ids)
+    pieces = tokenizer.batch_decode([[token] for token in ids], skip_special_tokens=True)
+    if "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True):
+        ends, total = [], 0
+        for piece in pieces:
+            total += len(piece)
+            ends.append(total)
+        return ends
+    prefixes = [ids[: j + 1] for j in range(len(ids))]
     return [len(text) for text in tokenizer.batch_decode(prefixes, skip_special_tokens=True)]
 
 
