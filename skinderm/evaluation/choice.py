@@ -35,7 +35,7 @@ ZERO_SHOT_MAX_NEW_TOKENS = 320
 def generation_budget(run_cfg: DictConfig | None, requested: int | None) -> int:
     """The `max_new_tokens` a command generates with: `requested` when given, else the budget the run's
     recipe chose for the answer it taught (its `eval.max_new_tokens`, which its own val check used), else
-    ZERO_SHOT_MAX_NEW_TOKENS. A run taught polygons needs ~5x the tokens of a box answer: one fixed
+    ZERO_SHOT_MAX_NEW_TOKENS. A run taught polygons needs 3-5x the tokens of a box answer: one fixed
     default either truncates its outlines or wastes nothing only by luck."""
     if requested is not None:
         return int(requested)
