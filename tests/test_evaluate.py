@@ -331,3 +331,20 @@ def test_a_lora_run_is_evaluated_as_base_plus_merged_adapter(compose_train, tmp_
     ids = processor.tokenizer("diagnosis: mel", return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(merged(**ids).logits, reference(**ids).logits, atol=1e-5)
+
+
+def test_a_synthetic_parameter_override_scores_that_sets_own_folder(
+    compose_evaluate, trained_run: Path
+) -> None:
+    """dataset.synthetic.acquisition=shifted (or any generator value) moves the run's default-layout root to
+    that set's folder, so evaluation never regenerates the run's own data in place; a given root stays."""
+    taught = OmegaConf.load(trained_run / "config_resolved.yaml").dataset
+    override = "dataset.synthetic.seed=99"
+    cfg = compose_evaluate(f"run={trained_run}", override)
+    dataset = choose_dataset(cfg, choose_model(cfg, [f"run={trained_run}"]), [f"run={trained_run}", override])
+    assert dataset["synthetic"]["seed"] == 99 and dataset["root"] != taught.root
+    assert dataset["root"] == taught.root.replace(f"_seed{taught.synthetic.seed}_", "_seed99_")
+    given = [override, "dataset.root=/data/elsewhere"]
+    cfg = compose_evaluate(f"run={trained_run}", *given)
+    dataset = choose_dataset(cfg, choose_model(cfg, [f"run={trained_run}"]), [f"run={trained_run}", *given])
+    assert dataset["root"] == "/data/elsewhere"

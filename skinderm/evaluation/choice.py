@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from skinderm.config import ConfigError, check_model_budget
 from skinderm.conversations import ExampleBuilder
@@ -132,15 +133,44 @@ def choose_model(cfg: DictConfig, overrides: Sequence[str] | None = None) -> Mod
 def choose_dataset(
     cfg: DictConfig, choice: ModelChoice, overrides: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """The dataset config to evaluate on: the run's, unless `dataset=...` was given; key overrides on top."""
+    """The dataset config to evaluate on: the run's, unless `dataset=...` was given; key overrides on top.
+
+    A run's saved root is resolved. When it is the folder the dataset group's own `root` template gives for
+    the run's values (the synthetic set's one folder per num_images, seed, style and acquisition) and the
+    overrides change those values but not the root, the root follows them: `dataset.synthetic.acquisition=
+    shifted` scores the shifted set in its own folder, instead of regenerating the run's folder in place.
+    """
     overrides = command_line_overrides() if overrides is None else list(overrides)
     group, keys = _group_overrides(overrides, "dataset")
     if choice.run_cfg is None or group or "dataset" not in choice.run_cfg:
         return to_plain(cfg.dataset)
     dataset = OmegaConf.create(to_plain(choice.run_cfg.dataset))
+    default_root = _templated_root(cfg, dataset)
     for key in keys:
         OmegaConf.update(dataset, key, to_plain(OmegaConf.select(cfg.dataset, key)), merge=False)
+    root_given = any(key == "root" or key.startswith("root.") for key in keys)
+    if not root_given and default_root is not None and dataset.get("root") == default_root:
+        dataset.root = _templated_root(cfg, dataset)
     return to_plain(dataset)
+
+
+def _templated_root(cfg: DictConfig, dataset: DictConfig) -> str | None:
+    """The root that `cfg.dataset`'s unresolved `root` template gives for `dataset`'s values; None when the
+    template is a plain path, belongs to another dataset, or does not resolve outside Hydra."""
+    template = OmegaConf.to_container(cfg.dataset, resolve=False).get("root")
+    if (
+        not isinstance(template, str)
+        or "${" not in template
+        or cfg.dataset.get("name") != dataset.get("name")
+    ):
+        return None
+    probe = OmegaConf.create(
+        {"paths": to_plain(cfg.paths), "dataset": {**to_plain(dataset), "root": template}}
+    )
+    try:
+        return str(probe.dataset.root)
+    except OmegaConfBaseException:
+        return None
 
 
 # --------------------------------------------------------------------------------------------------
