@@ -217,6 +217,7 @@ class SFTStageSchema(CommonStageSchema):
     per_device_eval_batch_size: int = MISSING
     class_balance: ClassBalance = MISSING  # type: ignore[valid-type]
     lr_multipliers: dict[str, float] | None = None
+    field_loss_weights: dict[str, float] | None = None
     eval_steps: int = MISSING
     eval_max_samples: int | None = None
     max_length: int | None = None

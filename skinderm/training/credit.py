@@ -1,4 +1,5 @@
-"""Field-level credit for GRPO: each answer field's tokens are paid for that field's reward.
+"""Field-level credit: in GRPO each answer field's tokens are paid for that field's reward; in SFT each
+field's tokens can carry a loss weight of their own (`field_loss_weights`, `stage.field_loss_weights`).
 
 GRPO gives every token of a completion one advantage, the group-normalised weighted total of all reward
 terms. In a JSON answer the terms read disjoint fields: the diagnosis term reads the `diagnosis` value, the
@@ -169,15 +170,44 @@ def token_advantages(
     out = total.expand(length).clone()
     for field, (start, end) in spans.items():
         terms = [k for k, name in enumerate(term_fields) if name == field]
-        if not terms:
-            continue
-        paid = advantages[terms].sum()
-        begin = 0
-        for j, stop in enumerate(char_ends[:length]):
-            if begin < end and stop > start and stop > begin:  # the token overlaps [start, end)
-                out[j] = paid
-            begin = stop
+        if terms:
+            out[overlapping_tokens(char_ends[:length], start, end)] = advantages[terms].sum()
     return out
+
+
+def overlapping_tokens(char_ends: Sequence[int], start: int, end: int) -> list[int]:
+    """Indices of the tokens whose characters overlap [start, end); token j covers [ends[j-1], ends[j])
+    (`token_char_ends`), so a token that decodes to nothing overlaps nothing."""
+    indices, begin = [], 0
+    for j, stop in enumerate(char_ends):
+        if begin < end and stop > start and stop > begin:
+            indices.append(j)
+        begin = stop
+    return indices
+
+
+def field_loss_weights(
+    labels: torch.Tensor, weights: Mapping[str, float], tokenizer: Any, ignore_index: int = -100
+) -> torch.Tensor:
+    """(B, T) float weights for SFT's per-token loss: `weights[f]` on the label tokens inside the value of
+    answer field f (`answer_field_spans` of the answer the row's labels spell), 1 everywhere else.
+
+    With the outline taught, the diagnosis is 1-2 of ~120 answer tokens and the geometry tokens, whose loss
+    stays high, take nearly all of the gradient (docs/data.md); `stage.field_loss_weights` gives a field
+    back its share. Positions equal to `ignore_index` (prompt, padding) keep 1: their loss is 0 anyway.
+    """
+    out = torch.ones(labels.shape, dtype=torch.float32)
+    for i in range(labels.shape[0]):
+        positions = (labels[i] != ignore_index).nonzero().flatten().cpu()
+        ids = labels[i, positions].tolist()
+        spans = answer_field_spans(tokenizer.decode(ids, skip_special_tokens=True))
+        if not any(field in spans for field in weights):
+            continue
+        ends = token_char_ends(tokenizer, ids)
+        for field, weight in weights.items():
+            if field in spans:
+                out[i, positions[overlapping_tokens(ends, *spans[field])]] = float(weight)
+    return out.to(labels.device)
 
 
 def field_credit_advantages(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from peft import PeftModel
 from trl import SFTConfig, SFTTrainer
 
+from skinderm.answers import ANSWER_FIELDS
 from skinderm.core.files import to_plain
 from skinderm.core.runs import RunFolder
 from skinderm.data.splits import subsample
@@ -27,6 +30,7 @@ from skinderm.training.common import (
     trainer_arguments,
     with_trl_fields,
 )
+from skinderm.training.credit import field_loss_weights
 from skinderm.training.optim import build_optimizer
 from skinderm.training.resume import ResumableTrainerMixin
 from skinderm.training.sampling import ClassBalanceSampler, draws_report
@@ -41,7 +45,8 @@ class SkindermSFTTrainer(ResumableTrainerMixin, SFTTrainer):
 
     The optimizer is built in `create_optimizer`, i.e. after any PEFT wrapping, so adapters are covered
     too. Training examples are drawn by `ClassBalanceSampler` (`stage.class_balance`), seeded by
-    `args.data_seed` and the epoch.
+    `args.data_seed` and the epoch. With `field_loss_weights` ({answer field: weight}), each field's value
+    tokens weigh that much in the training loss (`_weight_answer_fields`); the eval loss stays TRL's mean.
     """
 
     def __init__(
@@ -50,11 +55,38 @@ class SkindermSFTTrainer(ResumableTrainerMixin, SFTTrainer):
         sample_labels: Sequence[str],
         class_balance: str,
         lr_multipliers: Mapping[str, float] | None = None,
+        field_loss_weights: Mapping[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         self._lr_multipliers = dict(lr_multipliers or {})
         self._sample_labels, self._class_balance = list(sample_labels), class_balance
         super().__init__(*args, **kwargs)
+        if field_loss_weights:
+            self._weight_answer_fields(dict(field_loss_weights))
+
+    def _weight_answer_fields(self, weights: dict[str, float]) -> None:
+        """Scale the per-token log-probabilities of TRL's fused forward by `field_loss_weights` of the labels.
+
+        TRL's loss is -sum(log_probs) / (answer tokens), computed from the forward's `log_probs`; wrapping the
+        forward TRL installed (on the base model under PEFT) changes the numerator only, so the metrics
+        (entropy, token accuracy) and the normaliser stay TRL's, and a weight of 1 everywhere is TRL exactly.
+        """
+        base = self.model.get_base_model() if isinstance(self.model, PeftModel) else self.model
+        fused_forward = base.forward
+        tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+
+        @functools.wraps(fused_forward)
+        def weighted_forward(*args: Any, **kwargs: Any) -> Any:
+            outputs = fused_forward(*args, **kwargs)
+            log_probs = getattr(outputs, "log_probs", None)
+            if kwargs.get("fused_lm_head") and base.training and log_probs is not None:
+                labels = kwargs.get("shift_labels")
+                labels = kwargs["labels"][:, 1:] if labels is None else labels  # the fused forward's shift
+                token_weights = field_loss_weights(labels, weights, tokenizer)
+                outputs.log_probs = log_probs * token_weights.to(log_probs.dtype)
+            return outputs
+
+        base.forward = weighted_forward
 
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         if self.optimizer is None and self._lr_multipliers:
@@ -87,6 +119,27 @@ def sft_arguments(cfg: DictConfig, run: RunFolder, *, evaluate: bool) -> dict[st
     }
 
 
+def checked_field_loss_weights(cfg: DictConfig) -> dict[str, float]:
+    """`stage.field_loss_weights` as {field: weight}, each field one the answer teaches and each weight >= 0;
+    {} (TRL's plain mean) when unset. Checked before any data or model loads."""
+    weights = {str(k): v for k, v in dict(to_plain(cfg.stage.get("field_loss_weights")) or {}).items()}
+    taught = [str(field) for field in cfg.answer.fields]
+    unknown = [field for field in weights if field not in ANSWER_FIELDS or field not in taught]
+    if unknown:
+        raise ValueError(
+            f"stage.field_loss_weights has fields {unknown} the answer does not teach; use fields of "
+            f"answer.fields {taught}"
+        )
+    bad = {field: weight for field, weight in weights.items() if not _is_weight(weight)}
+    if bad:
+        raise ValueError(f"stage.field_loss_weights {bad}: weights must be numbers >= 0")
+    return {field: float(weight) for field, weight in weights.items()}
+
+
+def _is_weight(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0 and value == value
+
+
 def evaluated_at(history: Sequence[Mapping[str, Any]], step: int) -> bool:
     """Whether the log history already holds an eval loss for `step` (eval_steps divides max_steps)."""
     return any("eval_loss" in entry and entry.get("step") == step for entry in history)
@@ -101,6 +154,7 @@ def run_sft(
 ) -> dict[str, Any]:
     """Train Stage 1 and return its metrics (also written by the caller to metrics.json)."""
     check_trl_fields(SFTConfig, sft_arguments(cfg, run, evaluate=True), cfg.stage.trl)  # before any data
+    checked_field_loss_weights(cfg)
     splits = load_split_records(cfg)
     builder = example_builder(cfg)
     model, processor = load_model_and_processor(to_plain(cfg.model), **model_loading_arguments(cfg))
@@ -125,6 +179,7 @@ def run_sft(
         "processing_class": processor,
         "peft_config": lora_config(cfg),
         "lr_multipliers": to_plain(cfg.stage.get("lr_multipliers")),
+        "field_loss_weights": checked_field_loss_weights(cfg),
         "callbacks": list(callbacks),
     }
     labels = [record["dx"] for record in train_records]

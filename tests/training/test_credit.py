@@ -9,6 +9,7 @@ from skinderm.answers import ANSWER_FIELDS, format_answer
 from skinderm.rewards.registry import REWARD_FIELDS
 from skinderm.training.credit import (
     field_credit_advantages,
+    field_loss_weights,
     term_advantages,
     token_advantages,
     token_char_ends,
@@ -172,3 +173,41 @@ def test_field_credit_gives_each_completion_its_own_rows_terms_and_ignores_paddi
     assert set(out[0].tolist()) == set(per_term[0].tolist()) | {float(per_term[0].sum())}
     padding = out[1, len(short) :]
     torch.testing.assert_close(padding, torch.full_like(padding, float(per_term[1].sum())))
+
+
+def _labels(tokenizer, prompt: str, answers: list[str]) -> tuple[torch.Tensor, list[list[int]]]:
+    """SFT-style labels: prompt and padding -100, each answer's ids after the prompt."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    answer_ids = [tokenizer(answer)["input_ids"] for answer in answers]
+    width = len(prompt_ids) + max(len(ids) for ids in answer_ids) + 3
+    labels = torch.full((len(answers), width), -100, dtype=torch.long)
+    for i, ids in enumerate(answer_ids):
+        labels[i, len(prompt_ids) : len(prompt_ids) + len(ids)] = torch.tensor(ids)
+    return labels, answer_ids
+
+
+def test_sft_loss_weights_fall_on_the_weighted_fields_value_tokens_only(tokenizer) -> None:
+    labels, (ids,) = _labels(tokenizer, "Describe the lesion.", [ANSWER])
+    weights = field_loss_weights(labels, {"diagnosis": 10.0, "bbox_2d": 2.0}, tokenizer)
+    assert weights.shape == labels.shape
+    answer = labels[0] != -100
+    assert torch.all(weights[0, ~answer] == 1.0)  # prompt and padding untouched
+    ends = token_char_ends(tokenizer, ids)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    starts = [0, *ends[:-1]]
+    pieces = {10.0: "", 2.0: "", 1.0: ""}
+    for weight, start, end in zip(weights[0, answer].tolist(), starts, ends, strict=True):
+        pieces[weight] += text[start:end]
+    assert "mel" in pieces[10.0] and "mel" not in pieces[1.0] + pieces[2.0]
+    assert "61, 40, 170, 130" in pieces[2.0].replace("[", "").replace("]", "")
+    # Keys, the location and the polygon keep weight 1.
+    assert '"diagnosis"' in pieces[1.0] and "center-center" in pieces[1.0] and "100, 40" in pieces[1.0]
+
+
+def test_sft_loss_weights_leave_rows_without_the_field_or_an_answer_at_one(tokenizer) -> None:
+    answers = ['{"location": "center-center"}', "no json here", '{"diagnosis": "nv"}']
+    labels, _ = _labels(tokenizer, "Q", answers)
+    weights = field_loss_weights(labels, {"diagnosis": 5.0}, tokenizer)
+    assert torch.all(weights[:2] == 1.0)
+    assert weights[2].max() == 5.0
+    assert torch.all(field_loss_weights(labels, {}, tokenizer) == 1.0)

@@ -207,3 +207,39 @@ def test_grpo_logs_completion_tables_with_images_to_wandb(
     table = json.loads(tables[0].read_text())
     assert table["columns"][:4] == ["step", "image", "prompt", "completion"]
     assert len(table["data"]) == 2 and all(isinstance(cell, str) for cell in table["data"][0][2:4])
+
+
+def test_sft_field_loss_weights_weigh_the_diagnosis_tokens_in_the_training_loss(
+    compose_train, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stage.field_loss_weights={diagnosis: 10}: the first step's training loss (same weights, same batch)
+    rises above TRL's plain mean, and the weight sits on the tokens of the class code alone."""
+    import skinderm.training.sft as sft
+
+    seen: list[tuple] = []
+
+    def spy(labels, weights, tokenizer, **kwargs):
+        out = weigh(labels, weights, tokenizer, **kwargs)
+        seen.append((labels.cpu(), out.cpu(), tokenizer))
+        return out
+
+    weigh = sft.field_loss_weights
+    monkeypatch.setattr(sft, "field_loss_weights", spy)
+    one_step = [*FAST, "stage.max_steps=1", "stage.eval_steps=1", "eval.num_samples=2"]
+    plain = _run(compose_train(one_step), tmp_path / "plain")
+    assert not seen, "no weights: TRL's loss untouched"
+    weighted_cfg = compose_train([*one_step, "stage.field_loss_weights={diagnosis: 10}"])
+    weighted = _run(weighted_cfg, tmp_path / "weighted")
+    assert weighted["train_loss_curve"][0][1] > plain["train_loss_curve"][0][1]
+    labels, weights, tokenizer = seen[0]
+    codes = {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
+    for row_labels, row_weights in zip(labels, weights, strict=True):
+        heavy = tokenizer.decode(row_labels[row_weights == 10.0].tolist(), skip_special_tokens=True)
+        assert heavy.strip('", ') in codes  # a token may carry the quotes or comma beside the code
+        assert set(row_weights.unique().tolist()) == {1.0, 10.0}
+
+
+def test_sft_field_loss_weights_name_answer_fields(compose_train) -> None:
+    cfg = compose_train([*FAST, "stage.field_loss_weights={diagnoses: 10}"])
+    with pytest.raises(ValueError, match=r"stage.field_loss_weights has fields \['diagnoses'\]"):
+        _run(cfg, Path(cfg.paths.output_dir))
