@@ -11,7 +11,8 @@ majority training class, the majority training cell with the best constant answe
 training box and mask); an older metrics.json without that block gives the scored split's majority class.
 `--compare` takes a `python -m skinderm.compare runs=[A,B]` folder of two of these evaluations and adds its
 "B - A" row: each metric's paired difference with its lesion-resampled 95% interval, the number that says
-whether B beats A (two unpaired intervals on the same images do not).
+whether B beats A (two unpaired intervals on the same images do not). `--per-class` adds recall per class,
+under the oracle's own per-class recall where the synthetic data's oracle file lists it.
 """
 
 from __future__ import annotations
@@ -119,20 +120,46 @@ def difference_row(compare_dir: Path, eval_dirs: list[Path]) -> list[str]:
     return [f"{difference_name(result)} (paired, {percent} CI)", *cells, str(result["n_images"])]
 
 
+def per_class_rows(eval_dirs: list[Path]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of recall per class: the oracle's (when its file lists it), then each evaluation's."""
+    evaluations = [_read_json(folder / "metrics.json", "skinderm.evaluate") for folder in eval_dirs]
+    classes = sorted({code for metrics in evaluations for code in metrics.get("per_class") or {}})
+    table: list[list[str]] = []
+    oracle = ((evaluations[0].get("baselines") or {}).get("oracle") or {}).get("recall_per_class")
+    if oracle:
+        table.append(["oracle ceiling", *(_number(oracle.get(code)) for code in classes)])
+    for metrics in evaluations:
+        run = (metrics.get("evaluation") or {}).get("run")
+        label = f"after {Path(run).parents[1].name}" if run else "zero-shot"
+        recalls = metrics.get("per_class") or {}
+        table.append([label, *(_number((recalls.get(code) or {}).get("recall")) for code in classes)])
+    return ["recall per class", *classes], table
+
+
+def _print(header: list[str], body: list[list[str]]) -> None:
+    widths = [max(len(header[i]), *(len(row[i]) for row in body)) for i in range(len(header))]
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("-+-".join("-" * w for w in widths))
+    for row in body:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("eval_dirs", nargs="+", type=Path)
     parser.add_argument(
         "--compare", type=Path, action="append", default=[], help="a skinderm.compare output folder"
     )
+    parser.add_argument(
+        "--per-class", action="store_true", help="also print recall per class (the oracle's when known)"
+    )
     args = parser.parse_args(argv)
     body = rows(args.eval_dirs)
     body.extend(difference_row(folder, args.eval_dirs) for folder in args.compare)
-    widths = [max(len(HEADER[i]), *(len(row[i]) for row in body)) for i in range(len(HEADER))]
-    print(" | ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for row in body:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    _print(HEADER, body)
+    if args.per_class:
+        print()
+        _print(*per_class_rows(args.eval_dirs))
     return 0
 
 

@@ -167,3 +167,20 @@ def test_the_demo_table_ends_with_the_paired_grpo_minus_sft_row(tmp_path: Path, 
     other = evaluation_folder(tmp_path, "other", "sft", records(80))
     with pytest.raises(SystemExit, match="not one of the evaluations in this table"):
         table.main([str(sft), str(other), "--compare", str(tmp_path / "cmp")])
+
+
+def test_the_per_class_table_puts_each_runs_recall_under_the_oracles(tmp_path: Path, pair, capsys) -> None:
+    sft, grpo = pair
+    metrics = json.loads((sft / "metrics.json").read_text())
+    oracle = {code: 0.9 for code in CLASSES}
+    metrics["baselines"] = {"oracle": {"balanced_accuracy": 0.9, "recall_per_class": oracle}}
+    (sft / "metrics.json").write_text(json.dumps(metrics))
+    assert _pipeline_table().main([str(sft), str(grpo), "--per-class"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("recall per class"))
+    assert [cell.strip() for cell in lines[start].split(" | ")] == ["recall per class", *sorted(CLASSES)]
+    body = [[cell.strip() for cell in line.split(" | ")] for line in lines[start + 2 :]]
+    assert [row[0] for row in body] == ["oracle ceiling", "after sft", "after grpo"]
+    assert body[0][1:] == ["0.900"] * len(CLASSES)
+    recalls = metrics["per_class"]
+    assert body[1][1:] == [f"{recalls[code]['recall']:.3f}" for code in sorted(CLASSES)]

@@ -170,7 +170,8 @@ def oracle_report(
     Two rules, both closed form: `balanced_accuracy` is that of argmax_y p(z | y) (uniform prior:
     it maximises expected balanced accuracy, the ISIC 2018 metric); `accuracy` is that of the
     posterior argmax_y p(y) p(z | y) with p(y) the training split's class frequencies (it maximises
-    expected accuracy). Each split also reports the other rule's score and its image count.
+    expected accuracy). Each split also reports the other rule's score, the balanced rule's recall per
+    class (the ceiling of each row of a model's per-class table) and its image count.
     """
     y = np.asarray([CLASS_CODES.index(code) for code in dx])
     loglik = latent_log_likelihoods(latents.reset_index(drop=True))
@@ -192,6 +193,10 @@ def oracle_report(
             "accuracy": round(accuracy, 4),
             "balanced_rule_accuracy": round(balanced_rule_accuracy, 4),
             "posterior_rule_balanced_accuracy": round(posterior_balanced, 4),
+            "recall_per_class": {
+                CLASS_CODES[k]: round(float(np.mean(balanced_rule[rows][y[rows] == k] == k)), 4)
+                for k in np.unique(y[rows])
+            },
             "n_images": int(rows.sum()),
         }
     return report

@@ -137,8 +137,11 @@ def test_oracle_json_is_the_bayes_rule_on_the_pipelines_splits(derm: Path) -> No
     for name in ("train", "val", "test"):
         rows = frame[split == name]
         assert oracle[name]["n_images"] == len(rows)
-        recalls = [np.mean(rows.loc[rows["dx"] == dx, "oracle_dx"] == dx) for dx in sorted(set(rows["dx"]))]
-        assert oracle[name]["balanced_accuracy"] == pytest.approx(np.mean(recalls), abs=1e-4)
+        recalls = {
+            dx: np.mean(rows.loc[rows["dx"] == dx, "oracle_dx"] == dx) for dx in sorted(set(rows["dx"]))
+        }
+        assert oracle[name]["balanced_accuracy"] == pytest.approx(np.mean(list(recalls.values())), abs=1e-4)
+        assert oracle[name]["recall_per_class"] == pytest.approx(recalls, abs=1e-4)
         assert 0.0 <= oracle[name]["accuracy"] <= 1.0
     other = dermoscopy.write_oracle(derm, {"val_fraction": 0.2, "test_fraction": 0.3, "seed": 1})
     assert other["test"]["n_images"] != oracle["test"]["n_images"]
