@@ -120,20 +120,22 @@ def sft_arguments(cfg: DictConfig, run: RunFolder, *, evaluate: bool) -> dict[st
 
 
 def checked_field_loss_weights(cfg: DictConfig) -> dict[str, float]:
-    """`stage.field_loss_weights` as {field: weight}, each field one the answer teaches and each weight >= 0;
-    {} (TRL's plain mean) when unset. Checked before any data or model loads."""
+    """`stage.field_loss_weights` as {field: weight} for the fields the answer teaches, each weight >= 0;
+    {} (TRL's plain mean) when unset. A name outside ANSWER_FIELDS is an error; a known field the answer
+    does not teach (the tiny recipe's location weight under `answer.fields=[diagnosis]`) is left out.
+    Checked before any data or model loads."""
     weights = {str(k): v for k, v in dict(to_plain(cfg.stage.get("field_loss_weights")) or {}).items()}
-    taught = [str(field) for field in cfg.answer.fields]
-    unknown = [field for field in weights if field not in ANSWER_FIELDS or field not in taught]
+    unknown = [field for field in weights if field not in ANSWER_FIELDS]
     if unknown:
         raise ValueError(
-            f"stage.field_loss_weights has fields {unknown} the answer does not teach; use fields of "
-            f"answer.fields {taught}"
+            f"stage.field_loss_weights has fields {unknown} no answer has; "
+            f"use fields of {list(ANSWER_FIELDS)}"
         )
     bad = {field: weight for field, weight in weights.items() if not _is_weight(weight)}
     if bad:
         raise ValueError(f"stage.field_loss_weights {bad}: weights must be numbers >= 0")
-    return {field: float(weight) for field, weight in weights.items()}
+    taught = {str(field) for field in cfg.answer.fields}
+    return {field: float(weight) for field, weight in weights.items() if field in taught}
 
 
 def _is_weight(value: Any) -> bool:
