@@ -16,6 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # Small enough for seconds, large enough that every class lands in every split.
 SMALL_DATASET = (
+    "dataset.synthetic.style=simple",  # the fast look; the dermoscopy default is tested in tests/data
     "dataset.synthetic.num_images=70",
     "dataset.synthetic.class_counts={akiec:10,bcc:10,bkl:10,df:10,mel:10,nv:10,vasc:10}",
 )

@@ -61,7 +61,8 @@ PRETRAINED_GRPO: dict[str, Any] = {
 # (answers with an 8-point outline since 2026-12-01).
 TINY_SFT: dict[str, Any] = {
     "stage.learning_rate": 1e-3,
-    "stage.lr_multipliers": {"vision": 3.0, "merger": 3.0},
+    "stage.lr_multipliers": None,
+    "stage.field_loss_weights": {"diagnosis": 10.0, "location": 10.0},
     "stage.max_steps": 1500,
     "stage.per_device_train_batch_size": 8,
     "stage.per_device_eval_batch_size": 16,
@@ -166,13 +167,24 @@ def test_command_line_keys_win_over_the_recipe(compose_train) -> None:
 
 def test_tiny_recipe_experiment_composes_the_embedded_default_with_its_measured_answer(compose_train) -> None:
     """The hint in conf/train.yaml: `experiment=tiny_recipe` (no `+`: the defaults list already names it).
-    It is the embedded default except for the answer it was measured with (2026-11-28, no outline)."""
+    It is the embedded default except for what it was measured with on 2026-11-28: the simple look, the box
+    answer (no outline), 3x on the image path, no per-field loss weights, the 64-wide vision tower."""
     pinned = OmegaConf.to_container(compose_train(["experiment=tiny_recipe"]))
     default = OmegaConf.to_container(compose_train([]))
+    assert pinned["dataset"]["synthetic"]["style"] == "simple"
+    assert default["dataset"]["synthetic"]["style"] == "dermoscopy"
     assert pinned["answer"]["fields"] == ["diagnosis", "location", "bbox_2d"]
     assert pinned["eval"]["max_new_tokens"] == 48
+    assert pinned["stage"]["lr_multipliers"] == {"vision": 3.0, "merger": 3.0}
+    assert pinned["stage"]["field_loss_weights"] is None
+    assert (
+        pinned["model"]["tiny"]["vision_hidden_size"],
+        pinned["model"]["tiny"]["vision_intermediate_size"],
+    ) == (64, 128)
     for cfg in (pinned, default):
-        del cfg["answer"], cfg["eval"]["max_new_tokens"]
+        del cfg["answer"], cfg["eval"]["max_new_tokens"], cfg["dataset"]["synthetic"]["style"]
+        del cfg["stage"]["lr_multipliers"], cfg["stage"]["field_loss_weights"]
+        del cfg["model"]["tiny"]["vision_hidden_size"], cfg["model"]["tiny"]["vision_intermediate_size"]
     assert pinned == default
 
 

@@ -29,7 +29,7 @@ def compose_config(tmp_path: Path) -> Iterator:
 def test_synthetic_dataset_config_is_cached_by_its_parameters(compose_config, tmp_path: Path) -> None:
     cfg = compose_config("synthesize", "dataset.synthetic.num_images=200", "dataset.synthetic.seed=3")
     assert set(cfg.dataset) == DATASET_KEYS
-    assert cfg.dataset.root == f"{tmp_path}/.cache/data/synthetic/n200_seed3_simple_standard"
+    assert cfg.dataset.root == f"{tmp_path}/.cache/data/synthetic/n200_seed3_dermoscopy_standard"
     assert cfg.out == cfg.dataset.root and cfg.task_name == "synthesize"
     params = OmegaConf.to_container(cfg.dataset.synthetic, resolve=True)
     assert _normalise_params(**params)["num_images"] == 200  # every key is a generator parameter

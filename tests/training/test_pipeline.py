@@ -226,9 +226,11 @@ def test_sft_field_loss_weights_weigh_the_diagnosis_tokens_in_the_training_loss(
     weigh = sft.field_loss_weights
     monkeypatch.setattr(sft, "field_loss_weights", spy)
     one_step = [*FAST, "stage.max_steps=1", "stage.eval_steps=1", "eval.num_samples=2"]
-    plain = _run(compose_train(one_step), tmp_path / "plain")
+    plain = _run(compose_train([*one_step, "stage.field_loss_weights=null"]), tmp_path / "plain")
     assert not seen, "no weights: TRL's loss untouched"
-    weighted_cfg = compose_train([*one_step, "stage.field_loss_weights={diagnosis: 10}"])
+    weighted_cfg = compose_train([*one_step, "stage.field_loss_weights=null"])
+    with open_dict(weighted_cfg):
+        weighted_cfg.stage.field_loss_weights = {"diagnosis": 10.0}
     weighted = _run(weighted_cfg, tmp_path / "weighted")
     assert weighted["train_loss_curve"][0][1] > plain["train_loss_curve"][0][1]
     labels, weights, tokenizer = seen[0]
@@ -240,6 +242,12 @@ def test_sft_field_loss_weights_weigh_the_diagnosis_tokens_in_the_training_loss(
 
 
 def test_sft_field_loss_weights_name_answer_fields(compose_train) -> None:
-    cfg = compose_train([*FAST, "stage.field_loss_weights={diagnoses: 10}"])
-    with pytest.raises(ValueError, match=r"stage.field_loss_weights has fields \['diagnoses'\]"):
+    cfg = compose_train([*FAST, "stage.field_loss_weights=null"])
+    with open_dict(cfg):
+        cfg.stage.field_loss_weights = {"diagnoses": 10}
+    with pytest.raises(ValueError, match=r"field_loss_weights has fields \['diagnoses'\] no answer has"):
         _run(cfg, Path(cfg.paths.output_dir))
+    from skinderm.training.sft import checked_field_loss_weights
+
+    only_diagnosis = compose_train([*FAST, "answer.fields=[diagnosis]"])  # the recipe also weighs location
+    assert checked_field_loss_weights(only_diagnosis) == {"diagnosis": 10.0}
