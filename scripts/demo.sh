@@ -6,7 +6,7 @@
 # after GRPO, and GRPO - SFT: the paired difference of every metric with its lesion-resampled 95% interval,
 # from `python -m skinderm.compare`).
 #   bash scripts/demo.sh                 # extra arguments go to both training stages, e.g. logger=none;
-#                                        # dataset.* ones to the data steps too
+#                                        # dataset.synthetic.* ones to the data steps too
 # Work that does not wait on the step before runs beside it on the second core (each process has one torch
 # thread): the shifted set is drawn during SFT, the SFT evaluations run during GRPO.
 set -euo pipefail
@@ -23,7 +23,7 @@ EVAL_SFT_SHIFTED="${EVAL_SFT}_shifted" EVAL_GRPO_SHIFTED="${EVAL_GRPO}_shifted"
 COMPARE="outputs/compare/runs/$TAG" COMPARE_SHIFTED="outputs/compare/runs/${TAG}_shifted"
 DATA_ARGS=()
 for arg in "$@"; do
-    case "$arg" in dataset=* | dataset.*) DATA_ARGS+=("$arg") ;; esac
+    case "$arg" in dataset.synthetic.*) DATA_ARGS+=("$arg") ;; esac
 done
 SHIFT=(dataset.synthetic.acquisition=shifted)
 
