@@ -2,9 +2,10 @@
 
 Same architecture and processor as Qwen/Qwen2.5-VL-3B-Instruct (14 px patches merged 2x2, M-RoPE,
 windowed vision attention, the official chat template and special tokens), only small: ~1.4 M
-parameters as conf/model/tiny.yaml builds it (0.8 M with this module's defaults), built in about a second, no download. The tokenizer is a byte-level BPE trained on a
-built-in corpus of the answer vocabulary (JSON, digits, class codes and names, grid cells, prompt
-words), with the byte alphabet as its base so that any text tokenises.
+parameters as conf/model/tiny.yaml builds it (0.8 M with this module's defaults), built in about a
+second, no download. The tokenizer is a byte-level BPE trained on a built-in corpus of the answer
+vocabulary (JSON, digits, class codes and names, grid cells, prompt words), with the byte alphabet as
+its base so that any text tokenises.
 
 `ensure_tiny_model` builds on demand and caches the folder keyed by its parameters.
 """
