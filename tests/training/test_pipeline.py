@@ -213,7 +213,8 @@ def test_sft_field_loss_weights_weigh_the_diagnosis_tokens_in_the_training_loss(
     compose_train, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """stage.field_loss_weights={diagnosis: 10}: the first step's training loss (same weights, same batch)
-    rises above TRL's plain mean, and the weight sits on the tokens of the class code alone."""
+    rises above TRL's plain mean, and the weight sits on the tokens of the class code alone; weight 1 gives
+    TRL's loss exactly."""
     import skinderm.training.sft as sft
 
     seen: list[tuple] = []
@@ -234,6 +235,12 @@ def test_sft_field_loss_weights_weigh_the_diagnosis_tokens_in_the_training_loss(
     weighted = _run(weighted_cfg, tmp_path / "weighted")
     assert weighted["train_loss_curve"][0][1] > plain["train_loss_curve"][0][1]
     labels, weights, tokenizer = seen[0]
+    unit_cfg = compose_train([*one_step, "stage.field_loss_weights=null"])
+    with open_dict(unit_cfg):
+        unit_cfg.stage.field_loss_weights = {"diagnosis": 1.0}  # the wrapper runs, and must be TRL exactly
+    unit = _run(unit_cfg, tmp_path / "unit")
+    assert len(seen) > 1
+    assert unit["train_loss_curve"][0][1] == pytest.approx(plain["train_loss_curve"][0][1], rel=1e-6)
     codes = {"akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"}
     for row_labels, row_weights in zip(labels, weights, strict=True):
         heavy = tokenizer.decode(row_labels[row_weights == 10.0].tolist(), skip_special_tokens=True)
